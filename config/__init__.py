@@ -1,0 +1,1 @@
+"""Settings and the Celery app: the edge where configuration is read."""

@@ -1,0 +1,71 @@
+"""The Celery app (``celery -A config.celery_app``).
+
+All reliability choices live here, each with the failure it prevents:
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a delivery is
+  acknowledged only after it finished, so a worker process killed mid-request
+  is redelivered instead of lost.
+* ``worker_prefetch_multiplier=1``: a worker holds no queued work it is not
+  about to run, so a dead worker strands at most its running tasks.
+* ``visibility_timeout`` above the task time limit plus the longest retry
+  countdown: the Redis broker never redelivers a task that is still running or
+  waiting out a countdown (see ``Settings``).
+* JSON only, no result backend: payloads are data, never pickles, and
+  delivery outcomes go to :mod:`webhooks.outcomes`, not to Celery results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from config.settings import Settings
+
+__all__ = ["QUEUE", "WebhooksCelery", "app", "create_app"]
+
+QUEUE = "webhooks"
+
+
+class WebhooksCelery(Celery):  # type: ignore[misc]
+    """A Celery app that carries the service's settings for its tasks."""
+
+    settings: Settings
+
+    def configure(self, settings: Settings) -> None:
+        self.settings = settings
+        redis_options: dict[str, Any] = {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_timeout": settings.redis_socket_timeout_s,
+            "socket_connect_timeout": settings.redis_socket_timeout_s,
+            "health_check_interval": 30,
+        }
+        self.conf.update(
+            broker_url=settings.effective_broker_url,
+            broker_transport_options=redis_options,
+            broker_connection_retry_on_startup=True,
+            result_backend=None,
+            task_ignore_result=True,
+            task_serializer="json",
+            accept_content=["json"],
+            task_acks_late=True,
+            task_reject_on_worker_lost=True,
+            task_acks_on_failure_or_timeout=True,
+            worker_prefetch_multiplier=1,
+            worker_cancel_long_running_tasks_on_connection_loss=True,
+            task_default_queue=QUEUE,
+            task_time_limit=settings.task_time_limit_s,
+            task_soft_time_limit=settings.soft_time_limit_s,
+            worker_send_task_events=True,
+            task_send_sent_event=True,
+            enable_utc=True,
+        )
+
+
+def create_app(settings: Settings | None = None) -> WebhooksCelery:
+    app = WebhooksCelery("webhooks", include=["tasks.delivery"])
+    app.configure(settings or Settings())
+    return app
+
+
+app = create_app()

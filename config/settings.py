@@ -1,0 +1,124 @@
+"""The one place configuration is read.
+
+Every ``WEBHOOKS_*`` environment variable is a field here. The Celery app and
+the CLI build one :class:`Settings` at start-up and pass it down; nothing else
+reads the environment, so a test can build any configuration it needs
+without patching globals.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "child_environment"]
+
+DEFAULT_RETRY_SCHEDULE_S = (4.0, 8.0, 10.0)
+
+
+class Settings(BaseSettings):
+    """Typed, validated service settings (env prefix ``WEBHOOKS_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WEBHOOKS_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
+
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="Store for conversations, secrets and outcomes; also the broker by default.",
+    )
+    broker_url: str | None = Field(None, description="A separate Celery broker, if any.")
+
+    timeout_s: float = Field(30.0, gt=0, description="Read timeout of one delivery attempt.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="TCP+TLS connect timeout.")
+    retry_schedule: Annotated[tuple[float, ...], NoDecode] = Field(
+        DEFAULT_RETRY_SCHEDULE_S,
+        description="Countdown before each retry, in seconds; its length is the retry budget.",
+    )
+
+    allow_http: bool = Field(False, description="Development only: accept http:// callbacks.")
+    allow_private_networks: bool = Field(
+        False, description="Development only: deliver to loopback/private/link-local addresses."
+    )
+    ca_bundle: Path | None = Field(
+        None, description="Extra CA certificates (PEM) trusted besides the system store."
+    )
+    signing_secret: SecretStr | None = Field(
+        None,
+        description="whsec_ secret for deliveries to a conversation that has none registered.",
+    )
+
+    visibility_timeout_s: int = Field(
+        3600, gt=0, description="Redis broker: when an unacknowledged task is redelivered."
+    )
+    redis_socket_timeout_s: float = Field(5.0, gt=0)
+    outcome_retention_s: int = Field(
+        7 * 24 * 3600, gt=0, description="How long a delivery's outcome record is kept."
+    )
+    secret_rotation_overlap_s: int = Field(
+        24 * 3600, ge=0, description="How long the old secret keeps signing after a rotation."
+    )
+
+    @field_validator("retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            try:
+                return tuple(float(p) for p in parts)
+            except ValueError:
+                raise ValueError(
+                    f"expected comma-separated seconds like '4,8,10', got {value!r}"
+                ) from None
+        return value
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _check_schedule(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(v < 0 for v in value):
+            raise ValueError("retry countdowns must not be negative")
+        return value
+
+    @model_validator(mode="after")
+    def _check_visibility(self) -> Settings:
+        # A task held by a worker for a countdown is unacknowledged; if it
+        # outlives the visibility timeout the broker hands it to a second
+        # worker and the receiver gets it twice.
+        needed = self.task_time_limit_s + max(self.retry_schedule, default=0.0)
+        if self.visibility_timeout_s <= needed:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed the task time "
+                f"limit plus the longest retry countdown ({needed:.0f} s)"
+            )
+        return self
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def soft_time_limit_s(self) -> float:
+        """Past this a stuck attempt is abandoned and retried like a timeout.
+
+        ``requests`` applies the read timeout per socket read, so a receiver
+        that trickles bytes can exceed it; the soft limit bounds the whole
+        attempt.
+        """
+        return self.connect_timeout_s + self.timeout_s + 5.0
+
+    @property
+    def task_time_limit_s(self) -> float:
+        return self.soft_time_limit_s + 10.0
+
+
+def child_environment(overrides: dict[str, str]) -> dict[str, str]:
+    """This process's environment plus ``overrides``, for a worker we spawn.
+
+    Lives here because ``config`` is the only package that touches
+    ``os.environ``.
+    """
+    return {**os.environ, **overrides}

@@ -1,0 +1,158 @@
+"""``deliver_webhook``: one Celery task per message event.
+
+The task body is one call into :class:`webhooks.delivery.Deliverer`. What
+makes it a reliable delivery lives in :class:`DeliveryTask`:
+
+* ``apply_async`` validates in the producer, so an invalid event or URL is
+  the caller's ``ValueError`` and nothing is published;
+* ``retry`` supplies the countdown sequence (``WEBHOOKS_RETRY_SCHEDULE``)
+  for ``autoretry_for`` and sizes the retry budget from it;
+* ``on_failure`` turns the last failure, of whatever kind, into a dead letter.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from functools import cached_property
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+
+from config.celery_app import WebhooksCelery, app
+from webhooks import backoff
+from webhooks.delivery import Deliverer
+from webhooks.errors import DeliveryError, RetryableDeliveryError
+from webhooks.events import MessageEvent, parse_event
+from webhooks.signing import new_webhook_id
+from webhooks.urlpolicy import check_url
+
+__all__ = ["DeliveryTask", "deliver_webhook"]
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryTask(Task):  # type: ignore[misc]
+    app: WebhooksCelery
+
+    @cached_property
+    def deliverer(self) -> Deliverer:
+        # Built on first use, i.e. inside the pool process after the fork, so
+        # each process gets its own HTTP connection pool and Redis client.
+        return Deliverer.from_settings(self.app.settings)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
+        """Validate and normalise before publishing; raise instead of enqueueing junk."""
+        bound = inspect.signature(self.run).bind(*(args or ()), **(kwargs or {}))
+        event: MessageEvent | dict[str, Any] = bound.arguments["event"]
+        callback_url: str | None = bound.arguments.get("callback_url")
+        webhook_id: str | None = bound.arguments.get("webhook_id")
+        parsed = parse_event(event)
+        if callback_url is not None:
+            settings = self.app.settings
+            check_url(
+                callback_url,
+                allow_http=settings.allow_http,
+                allow_private=settings.allow_private_networks,
+            )
+        normalized = {
+            "event": parsed.model_dump(mode="json"),
+            "callback_url": callback_url,
+            "webhook_id": webhook_id or new_webhook_id(),
+        }
+        return super().apply_async((), normalized, *rest, **options)
+
+    def retry(  # noqa: PLR0917 - Celery's own signature
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Any:
+        schedule = self.app.settings.retry_schedule
+        if countdown is None and eta is None:
+            countdown = backoff.countdown(self.request.retries, schedule)
+        if max_retries is None:
+            max_retries = len(schedule)
+        if self.request.retries < max_retries:
+            log.info(
+                "delivery %s attempt %d failed (%s); retrying in %.1f s",
+                (self.request.kwargs or {}).get("webhook_id"),
+                self.request.retries + 1,
+                exc,
+                countdown or 0.0,
+            )
+        try:
+            return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+        except Reject as rejected:
+            # Celery rejects *without* requeue when it cannot publish the
+            # retry (broker down), which would drop the event. Requeue
+            # instead; if even that fails the message stays unacknowledged
+            # and the broker redelivers it after the visibility timeout.
+            log.exception("could not schedule the retry; requeueing: %s", rejected.reason)
+            raise Reject(rejected.reason, requeue=True) from exc
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        kwargs = kwargs or {}
+        event = kwargs.get("event", args[0] if args else None)
+        webhook_id = kwargs.get("webhook_id") or task_id
+        attempts = self.request.retries + 1
+        try:
+            outcome = self.deliverer.record_failure(
+                event,
+                webhook_id=webhook_id,
+                callback_url=kwargs.get("callback_url"),
+                attempts=attempts,
+                error=exc,
+            )
+        except Exception:
+            # Last resort: the log line must carry what is needed to replay.
+            log.exception(
+                "delivery %s failed and its dead letter could not be stored; event: %r",
+                webhook_id,
+                event,
+            )
+            return
+        log.warning(
+            "delivery %s dead-lettered after %d attempt(s): %s: %s",
+            webhook_id,
+            attempts,
+            outcome.error_kind,
+            outcome.error,
+        )
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    bind=True,
+    base=DeliveryTask,
+    name="deliver_webhook",
+    autoretry_for=(RetryableDeliveryError, SoftTimeLimitExceeded),
+    throws=(DeliveryError,),
+    acks_late=True,
+)
+def deliver_webhook(
+    self: DeliveryTask,
+    event: dict[str, Any],
+    callback_url: str | None = None,
+    webhook_id: str | None = None,
+) -> dict[str, Any]:
+    """POST ``event`` to its conversation's callback (or ``callback_url``)."""
+    attempt = self.request.retries + 1
+    response = self.deliverer.attempt(
+        event, webhook_id=webhook_id or self.request.id, callback_url=callback_url, attempt=attempt
+    )
+    log.info(
+        "delivered %s on attempt %d: HTTP %d in %.3f s",
+        webhook_id,
+        attempt,
+        response.status,
+        response.duration_s,
+    )
+    return {"status": response.status, "attempt": attempt}

@@ -1,0 +1,108 @@
+"""Every error the delivery pipeline raises, in one tree.
+
+::
+
+    WebhookError
+    ├── InvalidEvent (ValueError)        the event does not match the guide's payload
+    ├── InvalidConfiguration (ValueError) a conversation configuration is unusable
+    │   └── PolicyRefusal                 a URL or address the security policy forbids
+    └── DeliveryError                     one attempt did not end in a 2xx
+        ├── RetryableDeliveryError        network error, timeout, any non-2xx: try again
+        └── PermanentDeliveryError        retrying cannot help (no callback, refused URL)
+
+The sender is the only place that turns ``requests``/``urllib3`` exceptions
+into this tree; tasks map ``RetryableDeliveryError`` to a Celery retry and
+everything else to a recorded failure.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DeliveryError",
+    "ErrorKind",
+    "InvalidConfiguration",
+    "InvalidEvent",
+    "PermanentDeliveryError",
+    "PolicyRefusal",
+    "RetryableDeliveryError",
+    "WebhookError",
+]
+
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    """Why an attempt failed; stable strings for logs, metrics and dead letters."""
+
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    TLS = "tls"
+    DNS = "dns"
+    HTTP_3XX = "http_3xx"
+    HTTP_4XX = "http_4xx"
+    HTTP_5XX = "http_5xx"
+    REFUSED_BY_POLICY = "refused_by_policy"
+    NO_CALLBACK = "no_callback"
+    NO_SECRET = "no_secret"  # noqa: S105 - a label, not a secret
+    INVALID_EVENT = "invalid_event"
+    INTERNAL = "internal"
+
+    @classmethod
+    def for_status(cls, status: int) -> ErrorKind:
+        if 300 <= status < 400:
+            return cls.HTTP_3XX
+        if 400 <= status < 500:
+            return cls.HTTP_4XX
+        return cls.HTTP_5XX
+
+
+class WebhookError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class InvalidEvent(WebhookError, ValueError):
+    """The event failed validation; ``problems`` lists ``(field path, message)``."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        detail = "; ".join(f"{path}: {msg}" for path, msg in problems)
+        super().__init__(f"invalid message event: {detail}")
+
+
+class InvalidConfiguration(WebhookError, ValueError):
+    """A conversation configuration or callback URL cannot be used."""
+
+
+class PolicyRefusal(InvalidConfiguration):
+    """The security policy forbids this URL or address (http, private network)."""
+
+
+class DeliveryError(WebhookError):
+    """One delivery attempt failed.
+
+    ``status`` is the HTTP status when the receiver answered (``None`` for a
+    network failure) and ``retry_after_s`` its ``Retry-After`` header, parsed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: ErrorKind,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        response_excerpt: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.response_excerpt = response_excerpt
+
+
+class RetryableDeliveryError(DeliveryError):
+    """Network error, timeout or non-2xx answer: the guide says try again."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Trying again cannot succeed; the delivery is recorded as failed at once."""

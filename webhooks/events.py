@@ -1,0 +1,163 @@
+"""The message event exactly as the integration guide's "Webhook Payload".
+
+Validation happens in the producer, before anything is published, so a bad
+event is the caller's exception rather than a dead letter nobody reads. The
+worker validates again because anything can publish to the queue.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+from uuid import UUID
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PlainSerializer,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
+from pydantic.functional_validators import AfterValidator
+
+from webhooks.errors import InvalidEvent
+
+__all__ = [
+    "Channel",
+    "ContentType",
+    "MessageData",
+    "MessageEvent",
+    "MessageStatus",
+    "MessageType",
+    "event_body",
+    "parse_event",
+]
+
+
+class ContentType(StrEnum):
+    TEXT = "TEXT"
+    IMAGE = "IMAGE"
+    VIDEO = "VIDEO"
+    DOCUMENT = "DOCUMENT"
+    AUDIO = "AUDIO"
+
+
+class MessageType(StrEnum):
+    USER_INPUT = "USER_INPUT"
+    SYSTEM = "SYSTEM"
+    BOT = "BOT"
+
+
+class Channel(StrEnum):
+    API = "API"
+    WHATSAPP = "WHATSAPP"
+    SMS = "SMS"
+
+
+class MessageStatus(StrEnum):
+    RECEIVED = "RECEIVED"
+    PROCESSED = "PROCESSED"
+    FAILED = "FAILED"
+
+
+def _as_utc(value: datetime) -> datetime:
+    # The guide's own test generator sends naive ``datetime.now()``; we read
+    # a naive time as UTC rather than guess the producer's zone.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _iso_utc(value: datetime) -> str:
+    """``2024-03-21T10:00:00Z``, with milliseconds only when there are any."""
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += f".{value.microsecond // 1000:03d}"
+    return text + "Z"
+
+
+def _iso_utc_ms(value: datetime) -> str:
+    """``2024-03-21T10:00:00.000Z``: the event timestamp always has milliseconds."""
+    return value.strftime("%Y-%m-%dT%H:%M:%S") + f".{value.microsecond // 1000:03d}Z"
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc), PlainSerializer(_iso_utc)]
+UtcDatetimeMs = Annotated[datetime, AfterValidator(_as_utc), PlainSerializer(_iso_utc_ms)]
+
+_MEDIA = frozenset({ContentType.IMAGE, ContentType.VIDEO, ContentType.DOCUMENT, ContentType.AUDIO})
+_OPTIONAL = ("filename", "metadata")
+
+
+class MessageData(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: UUID
+    content: str
+    content_type: ContentType
+    filename: str | None = None
+    type: MessageType
+    channel: Channel
+    status: MessageStatus
+    metadata: dict[str, Any] | None = None
+    created_by: NonEmptyStr
+    updated_by: NonEmptyStr
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+    @model_validator(mode="after")
+    def _filename_only_for_media(self) -> MessageData:
+        if self.filename is not None and self.content_type not in _MEDIA:
+            raise ValueError("filename is only allowed for media messages")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: Any) -> dict[str, Any]:
+        # The guide: optional fields are absent, never null.
+        data: dict[str, Any] = handler(self)
+        for name in _OPTIONAL:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+
+class MessageEvent(BaseModel):
+    """One webhook payload: a message created or processed in a conversation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    conversation_id: UUID
+    data: MessageData
+    timestamp: UtcDatetimeMs
+
+
+def parse_event(event: MessageEvent | dict[str, Any]) -> MessageEvent:
+    """Validate ``event``; raise :class:`InvalidEvent` naming every bad field."""
+    if isinstance(event, MessageEvent):
+        return event
+    if not isinstance(event, dict):
+        raise InvalidEvent([("(event)", f"expected an object, got {type(event).__name__}")])
+    try:
+        return MessageEvent.model_validate(event)
+    except ValidationError as exc:
+        problems = [
+            (".".join(str(p) for p in err["loc"]) or "(event)", err["msg"])
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        raise InvalidEvent(problems) from exc
+
+
+def event_body(event: MessageEvent) -> bytes:
+    """The exact bytes POSTed and signed: compact JSON, UTF-8."""
+    return json.dumps(
+        event.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False
+    ).encode()

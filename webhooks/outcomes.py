@@ -1,0 +1,71 @@
+"""Where each delivery ended: delivered, or failed and kept as a dead letter.
+
+Every event handed to ``deliver_webhook`` ends in one of these two records,
+which is what lets support answer "did message X arrive?" and lets an
+operator replay what failed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from webhooks import keys
+
+__all__ = ["Outcome", "OutcomeStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    webhook_id: str
+    state: str  # "delivered" or "failed"
+    conversation_id: str | None
+    message_id: str | None
+    url: str | None
+    attempts: int
+    status: int | None = None
+    error_kind: str | None = None
+    error: str | None = None
+    duration_s: float | None = None
+    finished_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_json(cls, raw: str) -> Outcome:
+        return cls(**json.loads(raw))
+
+
+class OutcomeStore:
+    def __init__(self, client: redis.Redis, *, retention_s: int) -> None:
+        self._redis = client
+        self._retention_s = retention_s
+
+    def delivered(self, outcome: Outcome) -> None:
+        self._redis.set(
+            keys.delivery(outcome.webhook_id), json.dumps(asdict(outcome)), ex=self._retention_s
+        )
+
+    def failed(self, outcome: Outcome, *, event: Any, callback_url: str | None) -> None:
+        """Record the failure and keep the payload as a dead letter, atomically."""
+        letter = {"outcome": asdict(outcome), "event": event, "callback_url": callback_url}
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(
+            keys.delivery(outcome.webhook_id), json.dumps(asdict(outcome)), ex=self._retention_s
+        )
+        pipe.set(keys.dead_letter(outcome.webhook_id), json.dumps(letter))
+        pipe.zadd(keys.DEAD_LETTERS, {outcome.webhook_id: outcome.finished_at})
+        pipe.execute()
+
+    def get(self, webhook_id: str) -> Outcome | None:
+        raw = self._redis.get(keys.delivery(webhook_id))
+        return None if raw is None else Outcome.from_json(str(raw))
+
+    def dead_letter(self, webhook_id: str) -> dict[str, Any] | None:
+        raw = self._redis.get(keys.dead_letter(webhook_id))
+        return None if raw is None else dict(json.loads(raw))
+
+    def dead_letter_ids(self) -> list[str]:
+        return [str(i) for i in self._redis.zrange(keys.DEAD_LETTERS, 0, -1)]

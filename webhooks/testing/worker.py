@@ -1,0 +1,101 @@
+"""Run a real ``celery worker`` process, as the Procfile does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from config.settings import child_environment
+
+__all__ = ["WORKER_ARGS", "WorkerProcess"]
+
+#: The Procfile's ``worker`` command after ``celery``; a test keeps them equal.
+WORKER_ARGS = ("-A", "config.celery_app", "worker", "-Q", "webhooks")
+
+
+class WorkerProcess:
+    """A worker in its own process group, so a test can SIGKILL all of it."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        concurrency: int = 2,
+        name: str = "worker",
+        cwd: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self._env = child_environment(dict(env))
+        self._args = [
+            sys.executable, "-m", "celery", *WORKER_ARGS,
+            "--concurrency", str(concurrency),
+            "--hostname", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
+            "--loglevel", "INFO",
+            "--without-mingle", "--without-gossip",
+            *extra_args,
+        ]  # fmt: skip
+        self._cwd = cwd
+        self.process: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+
+    def start(self, timeout: float = 60.0) -> WorkerProcess:
+        self.process = subprocess.Popen(
+            self._args,
+            env=self._env,
+            cwd=self._cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        if not self._ready.wait(timeout):
+            self.kill()
+            raise RuntimeError("worker did not become ready:\n" + self.output())
+        return self
+
+    def _pump(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if " ready." in line:
+                self._ready.set()
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def pool_pids(self) -> list[int]:
+        """The prefork pool's child processes (where tasks run)."""
+        assert self.process is not None
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(p) for p in path.read_text().split()]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Warm shutdown: running tasks finish, nothing is lost."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker, pool processes included: a crash."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,91 @@
+"""A ``requests`` adapter that only ever connects to vetted addresses.
+
+Checking a host name when the URL is registered is not enough: DNS can
+answer differently a second later (DNS rebinding). These connection classes
+resolve the host themselves, refuse the connection if any address is not
+public, and connect to the very address they checked, while TLS still
+verifies the certificate against the host name.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util import connection
+
+from webhooks.urlpolicy import resolve_public
+
+__all__ = ["GuardedAdapter"]
+
+
+def _connect_vetted(conn: HTTPConnection, allow_private: bool) -> socket.socket:
+    try:
+        addresses = resolve_public(conn._dns_host, conn.port, allow_private=allow_private)
+    except socket.gaierror as exc:
+        raise NameResolutionError(conn.host, conn, exc) from exc
+    last_error: OSError | None = None
+    for address, _family in addresses:
+        try:
+            return connection.create_connection(
+                (str(address), conn.port),
+                conn.timeout,
+                source_address=conn.source_address,
+                socket_options=conn.socket_options,
+            )
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(
+                conn, f"Connection to {conn.host} timed out. (connect timeout={conn.timeout})"
+            ) from exc
+        except OSError as exc:
+            last_error = exc
+    raise NewConnectionError(conn, f"Failed to establish a new connection: {last_error}")
+
+
+def _pool_classes(allow_private: bool) -> dict[str, type[HTTPConnectionPool]]:
+    class VettedHTTPConnection(HTTPConnection):
+        def _new_conn(self) -> socket.socket:
+            return _connect_vetted(self, allow_private)
+
+    class VettedHTTPSConnection(HTTPSConnection):
+        def _new_conn(self) -> socket.socket:
+            return _connect_vetted(self, allow_private)
+
+    class VettedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = VettedHTTPConnection
+
+    class VettedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = VettedHTTPSConnection
+
+    return {"http": VettedHTTPPool, "https": VettedHTTPSPool}
+
+
+class GuardedAdapter(HTTPAdapter):
+    """Connection pooling with the address policy enforced on every connect.
+
+    ``ca_bundle`` adds certificates to the system and certifi trust stores;
+    it never replaces them.
+    """
+
+    def __init__(
+        self, *, allow_private: bool, ca_bundle: Path | None = None, pool_maxsize: int = 10
+    ) -> None:
+        self._allow_private = allow_private
+        self._ssl_context = ssl.create_default_context()
+        if ca_bundle is not None:
+            self._ssl_context.load_verify_locations(cafile=str(ca_bundle))
+        super().__init__(pool_maxsize=pool_maxsize, max_retries=0)
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(
+            connections, maxsize, block=block, ssl_context=self._ssl_context, **pool_kwargs
+        )
+        self.poolmanager.pool_classes_by_scheme = _pool_classes(self._allow_private)

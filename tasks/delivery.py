@@ -42,7 +42,9 @@ class DeliveryTask(Task):  # type: ignore[misc]
         # each process gets its own HTTP connection pool and Redis client.
         return Deliverer.from_settings(self.app.settings)
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
+    ) -> Any:
         """Validate and normalise before publishing; raise instead of enqueueing junk."""
         bound = inspect.signature(self.run).bind(*(args or ()), **(kwargs or {}))
         event: MessageEvent | dict[str, Any] = bound.arguments["event"]
@@ -56,12 +58,15 @@ class DeliveryTask(Task):  # type: ignore[misc]
                 allow_http=settings.allow_http,
                 allow_private=settings.allow_private_networks,
             )
+        webhook_id = webhook_id or new_webhook_id()
         normalized = {
             "event": parsed.model_dump(mode="json"),
             "callback_url": callback_url,
-            "webhook_id": webhook_id or new_webhook_id(),
+            "webhook_id": webhook_id,
         }
-        return super().apply_async((), normalized, *rest, **options)
+        # The first publish uses the webhook-id as task id, so the
+        # AsyncResult a producer gets back names the delivery in our records.
+        return super().apply_async((), normalized, task_id or webhook_id, **options)
 
     def retry(  # noqa: PLR0917 - Celery's own signature
         self,

@@ -99,6 +99,21 @@ class DeliveryError(WebhookError):
         self.retry_after_s = retry_after_s
         self.response_excerpt = response_excerpt
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Celery hands on_failure a pickle round-trip of the exception;
+        # keyword-only fields would otherwise be lost on the way.
+        state = {
+            "kind": self.kind,
+            "status": self.status,
+            "retry_after_s": self.retry_after_s,
+            "response_excerpt": self.response_excerpt,
+        }
+        return (_rebuild, (type(self), str(self), state))
+
+
+def _rebuild(cls: type[DeliveryError], message: str, state: dict[str, object]) -> DeliveryError:
+    return cls(message, **state)  # type: ignore[arg-type]
+
 
 class RetryableDeliveryError(DeliveryError):
     """Network error, timeout or non-2xx answer: the guide says try again."""

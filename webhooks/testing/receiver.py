@@ -118,7 +118,9 @@ class Receiver:
         with self._lock:
             return [r for r in self._received if path is None or r.path == path]
 
-    def wait_for(self, count: int, path: str | None = None, timeout: float = 30.0) -> list[ReceivedRequest]:
+    def wait_for(
+        self, count: int, path: str | None = None, timeout: float = 30.0
+    ) -> list[ReceivedRequest]:
         """Block until ``count`` requests arrived (on ``path``); raise on timeout."""
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -143,9 +145,7 @@ class Receiver:
             except WebhookVerificationError:
                 signature_ok = False
         with self._lock:
-            self._received.append(
-                ReceivedRequest(path, headers, body, time.time(), signature_ok)
-            )
+            self._received.append(ReceivedRequest(path, headers, body, time.time(), signature_ok))
             self._lock.notify_all()
             script = self._scripts.get(path)
             return script.popleft() if script else Respond()
@@ -179,7 +179,7 @@ class Receiver:
                 self.end_headers()
                 self.wfile.write(behaviour.body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 return
 
         return Handler

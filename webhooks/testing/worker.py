@@ -46,6 +46,8 @@ class WorkerProcess:
         self._ready = threading.Event()
 
     def start(self, timeout: float = 60.0) -> WorkerProcess:
+        """Start (or restart after :meth:`stop`/:meth:`kill`) and wait until ready."""
+        self._ready.clear()
         self.process = subprocess.Popen(
             self._args,
             env=self._env,
@@ -63,10 +65,11 @@ class WorkerProcess:
 
     def _pump(self) -> None:
         assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if " ready." in line:
-                self._ready.set()
+        with self.process.stdout as stream:
+            for line in stream:
+                self.lines.append(line.rstrip("\n"))
+                if " ready." in line:
+                    self._ready.set()
 
     def output(self) -> str:
         return "\n".join(self.lines)

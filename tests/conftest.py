@@ -1,0 +1,177 @@
+"""Shared real parts: one Redis per session, HTTPS receivers, worker processes.
+
+Every integration test publishes through the real producer API into the
+session's Redis and is delivered by a real ``celery worker`` subprocess to a
+real TLS receiver. Tests isolate themselves by using fresh conversation ids
+and receiver paths, so they can share the session's Redis and worker.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+
+from config.celery_app import app
+from config.settings import Settings
+from webhooks.conversations import ConversationStore
+from webhooks.delivery import conversation_store
+from webhooks.outcomes import Outcome, OutcomeStore
+from webhooks.testing.receiver import Receiver, TestCA
+from webhooks.testing.redis_server import RedisServer
+from webhooks.testing.worker import WorkerProcess
+
+#: Short schedule for most tests; one test runs the real 4/8/10.
+FAST_SCHEDULE = "0.3,0.6,0.9"
+
+
+def make_event(conversation_id: str | None = None, **data: Any) -> dict[str, Any]:
+    """A valid event in the guide's shape (its own test payload generator, completed)."""
+    now = datetime.now(UTC).isoformat()
+    return {
+        "conversation_id": conversation_id or str(uuid.uuid4()),
+        "data": {
+            "id": str(uuid.uuid4()),
+            "content": "Test message",
+            "content_type": "TEXT",
+            "type": "USER_INPUT",
+            "channel": "API",
+            "status": "RECEIVED",
+            "created_by": "user123",
+            "updated_by": "user123",
+            "created_at": now,
+            "updated_at": now,
+            **data,
+        },
+        "timestamp": now,
+    }
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("ca"))
+
+
+def worker_env(redis_url: str, ca: TestCA, **overrides: str) -> dict[str, str]:
+    env = {
+        "WEBHOOKS_REDIS_URL": redis_url,
+        "WEBHOOKS_CA_BUNDLE": str(ca.pem_path),
+        # Receivers run on 127.0.0.1; the refusal itself has its own tests.
+        "WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",
+        "WEBHOOKS_RETRY_SCHEDULE": FAST_SCHEDULE,
+        "WEBHOOKS_TIMEOUT_S": "2",
+        "WEBHOOKS_CONNECT_TIMEOUT_S": "2",
+        "WEBHOOKS_VISIBILITY_TIMEOUT_S": "60",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+def producer_settings(redis_server: RedisServer) -> Settings:
+    """Point the producer side (this process) at the session's Redis."""
+    settings = Settings(
+        redis_url=redis_server.url,
+        allow_private_networks=True,
+        retry_schedule=FAST_SCHEDULE,  # type: ignore[arg-type]
+        timeout_s=2,
+        connect_timeout_s=2,
+        visibility_timeout_s=60,
+    )
+    app.configure(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def worker(
+    redis_server: RedisServer, test_ca: TestCA, producer_settings: Settings
+) -> Iterator[WorkerProcess]:
+    """The session's shared worker: fast schedule, private networks allowed."""
+    with WorkerProcess(worker_env(redis_server.url, test_ca), concurrency=2) as process:
+        yield process
+
+
+@pytest.fixture
+def start_worker(
+    redis_server: RedisServer, test_ca: TestCA, producer_settings: Settings
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start extra workers with other settings; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(concurrency: int = 1, **overrides: str) -> WorkerProcess:
+        process = WorkerProcess(
+            worker_env(redis_server.url, test_ca, **overrides), concurrency=concurrency
+        ).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+@pytest.fixture
+def receiver(test_ca: TestCA) -> Iterator[Receiver]:
+    with Receiver(test_ca.server_context()) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=5)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def conversations(redis_client: redis.Redis, producer_settings: Settings) -> ConversationStore:
+    return conversation_store(redis_client, producer_settings)
+
+
+@pytest.fixture
+def outcomes(redis_client: redis.Redis) -> OutcomeStore:
+    return OutcomeStore(redis_client, retention_s=3600)
+
+
+@pytest.fixture
+def wait_outcome(outcomes: OutcomeStore) -> Callable[..., Outcome]:
+    """Poll until a delivery has a final outcome record."""
+
+    def wait(webhook_id: str, timeout: float = 30.0) -> Outcome:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = outcomes.get(webhook_id)
+            if found is not None:
+                return found
+            time.sleep(0.05)
+        raise TimeoutError(f"no outcome recorded for {webhook_id} within {timeout} s")
+
+    return wait
+
+
+def registered(
+    conversations: ConversationStore, receiver: Receiver, path: str = "/hook"
+) -> tuple[str, str]:
+    """Register a fresh conversation whose callback is ``receiver`` at ``path``."""
+    cid = str(uuid.uuid4())
+    conversation = conversations.set(cid, {"config": {"callback_url": receiver.url(path)}})
+    receiver.verify_with(path, conversation.secret)
+    return cid, conversation.secret
+
+
+def unique_path() -> str:
+    return f"/hook/{uuid.uuid4().hex[:12]}"
+
+
+__all__ = ["FAST_SCHEDULE", "make_event", "registered", "unique_path", "worker_env"]

@@ -64,20 +64,27 @@ class WorkerProcess:
         return self
 
     def _pump(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        with self.process.stdout as stream:
+        process = self._started()
+        if process.stdout is None:
+            raise RuntimeError("worker was started without a stdout pipe")
+        with process.stdout as stream:
             for line in stream:
                 self.lines.append(line.rstrip("\n"))
                 if " ready." in line:
                     self._ready.set()
+
+    def _started(self) -> subprocess.Popen[str]:
+        if self.process is None:
+            raise RuntimeError("worker not started")
+        return self.process
 
     def output(self) -> str:
         return "\n".join(self.lines)
 
     def pool_pids(self) -> list[int]:
         """The prefork pool's child processes (where tasks run)."""
-        assert self.process is not None
-        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pid = self._started().pid
+        path = Path(f"/proc/{pid}/task/{pid}/children")
         return [int(p) for p in path.read_text().split()]
 
     def stop(self, timeout: float = 30.0) -> None:

@@ -1,0 +1,163 @@
+"""Procfile and docker-compose.yml: they parse, agree, and the commands really run.
+
+There is no Docker engine on CI machines, so compose is checked by parsing it;
+the Procfile's commands are started for real against the session's Redis.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from webhooks.testing.redis_server import RedisServer, free_port
+from webhooks.testing.worker import WORKER_ARGS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def procfile() -> dict[str, str]:
+    entries = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, command = line.split(":", 1)
+            entries[name.strip()] = command.strip()
+    return entries
+
+
+def compose() -> dict[str, object]:
+    loaded = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_procfile_worker_consumes_the_webhooks_queue() -> None:
+    worker = procfile()["worker"]
+
+    assert worker.startswith("celery " + " ".join(WORKER_ARGS) + " ")
+
+
+def test_compose_commands_match_the_procfile() -> None:
+    services = compose()["services"]
+    assert isinstance(services, dict)
+
+    for name in ("worker", "flower"):
+        assert services[name]["command"] == procfile()[name], name
+
+
+def test_compose_redis_is_durable_and_never_evicts() -> None:
+    redis = compose()["services"]["redis"]  # type: ignore[index]
+    command = " ".join(redis["command"])
+
+    assert "--appendonly yes" in command
+    assert "--appendfsync everysec" in command
+    assert "--maxmemory-policy noeviction" in command
+
+
+def test_compose_worker_can_scale() -> None:
+    worker = compose()["services"]["worker"]  # type: ignore[index]
+
+    # --scale needs no fixed name and no published port
+    assert "container_name" not in worker and "ports" not in worker
+    assert worker["environment"]["WEBHOOKS_REDIS_URL"].startswith("redis://redis:")
+
+
+def _shell(command: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    bin_dir = str(Path(sys.executable).parent)
+    full_env = {**os.environ, **env, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    return subprocess.Popen(
+        ["sh", "-c", "exec " + command],
+        env=full_env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _stop(process: subprocess.Popen[str]) -> str:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        out, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+    return out
+
+
+def test_procfile_worker_command_starts_a_worker(redis_server: RedisServer) -> None:
+    process = _shell(
+        procfile()["worker"],
+        {"WEBHOOKS_REDIS_URL": redis_server.url, "WEBHOOKS_WORKER_CONCURRENCY": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        seen = []
+        for line in process.stdout:
+            seen.append(line)
+            if " ready." in line:
+                break
+    finally:
+        output = "".join(seen) + _stop(process)
+
+    assert " ready." in output, output
+    assert "webhooks" in output and "deliver_webhook" in output
+
+
+def test_procfile_flower_refuses_to_start_without_basic_auth(redis_server: RedisServer) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+    process = subprocess.run(
+        ["sh", "-c", "exec " + procfile()["flower"]],
+        env={**env, "WEBHOOKS_REDIS_URL": redis_server.url},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert process.returncode != 0
+    assert "set FLOWER_BASIC_AUTH=user:password" in process.stderr
+
+
+def test_procfile_flower_serves_behind_basic_auth(redis_server: RedisServer) -> None:
+    port = free_port()
+    process = _shell(
+        procfile()["flower"],
+        {
+            "WEBHOOKS_REDIS_URL": redis_server.url,
+            "FLOWER_PORT": str(port),
+            "FLOWER_BASIC_AUTH": "ops:s3cret",
+        },
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                anonymous = requests.get(url, timeout=2)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    pytest.fail("flower did not start:\n" + _stop(process))
+                time.sleep(0.2)
+        token = base64.b64encode(b"ops:s3cret").decode()
+        authorised = requests.get(url, headers={"Authorization": f"Basic {token}"}, timeout=5)
+        # Flower serves Prometheus metrics without auth, by design.
+        metrics = requests.get(url + "metrics", timeout=5)
+    finally:
+        _stop(process)
+
+    assert anonymous.status_code == 401
+    assert authorised.status_code == 200
+    assert "flower_" in metrics.text

@@ -8,6 +8,7 @@ without patching globals.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated
@@ -79,8 +80,10 @@ class Settings(BaseSettings):
     @field_validator("retry_schedule")
     @classmethod
     def _check_schedule(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(v < 0 for v in value):
-            raise ValueError("retry countdowns must not be negative")
+        if not value:
+            raise ValueError("give at least one countdown, e.g. '4,8,10'")
+        if not all(math.isfinite(v) and v >= 0 for v in value):
+            raise ValueError("retry countdowns must be finite and not negative")
         return value
 
     @model_validator(mode="after")

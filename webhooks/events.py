@@ -15,11 +15,13 @@ from uuid import UUID
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_serializer,
-    model_validator,
 )
 from pydantic.functional_validators import AfterValidator
 
@@ -91,8 +93,18 @@ def _non_empty(value: str) -> str:
 
 
 NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]
-UtcDatetime = Annotated[datetime, AfterValidator(_as_utc), PlainSerializer(_iso_utc)]
-UtcDatetimeMs = Annotated[datetime, AfterValidator(_as_utc), PlainSerializer(_iso_utc_ms)]
+
+
+def _iso_only(value: object) -> object:
+    # pydantic would read a number as Unix time; the guide says ISO 8601.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("must be an ISO 8601 date-time string, not a number")  # noqa: TRY004
+    return value
+
+
+_Iso = BeforeValidator(_iso_only)
+UtcDatetime = Annotated[datetime, _Iso, AfterValidator(_as_utc), PlainSerializer(_iso_utc)]
+UtcDatetimeMs = Annotated[datetime, _Iso, AfterValidator(_as_utc), PlainSerializer(_iso_utc_ms)]
 
 _MEDIA = frozenset({ContentType.IMAGE, ContentType.VIDEO, ContentType.DOCUMENT, ContentType.AUDIO})
 _OPTIONAL = ("filename", "metadata")
@@ -114,11 +126,15 @@ class MessageData(BaseModel):
     created_at: UtcDatetime
     updated_at: UtcDatetime
 
-    @model_validator(mode="after")
-    def _filename_only_for_media(self) -> MessageData:
-        if self.filename is not None and self.content_type not in _MEDIA:
+    @field_validator("filename")
+    @classmethod
+    def _filename_only_for_media(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # content_type is declared first, so it is validated by now (absent
+        # from info.data only if it was itself invalid).
+        content_type = info.data.get("content_type")
+        if value is not None and content_type is not None and content_type not in _MEDIA:
             raise ValueError("filename is only allowed for media messages")
-        return self
+        return value
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: Any) -> dict[str, Any]:

@@ -156,7 +156,9 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # RFC 9110 delta-seconds are ASCII digits; str.isdigit() alone also
+    # accepts "²", which a Latin-1 header can carry and float() rejects.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)

@@ -50,6 +50,8 @@ def check_url(url: str, *, allow_http: bool, allow_private: bool) -> CallbackUrl
         )
     if scheme not in ("https", "http"):
         raise InvalidConfiguration(f"callback_url {url!r} must be an https:// URL")
+    if port == 0:
+        raise InvalidConfiguration(f"callback_url {url!r} has port 0")
     if not parts.hostname:
         raise InvalidConfiguration(f"callback_url {url!r} has no host")
     if parts.username is not None or parts.password is not None:

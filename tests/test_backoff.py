@@ -1,0 +1,57 @@
+"""webhooks.backoff: the guide's fixed retry schedule as a pure function."""
+
+from __future__ import annotations
+
+import pytest
+
+from webhooks.backoff import countdown
+
+GUIDE_SCHEDULE = (4.0, 8.0, 10.0)
+
+
+@pytest.mark.parametrize(("retries_done", "expected"), [(0, 4.0), (1, 8.0), (2, 10.0)])
+def test_countdown_follows_the_guides_schedule(retries_done: int, expected: float) -> None:
+    # Given the guide's 4/8/10 s schedule
+    # When asking for the wait before the next retry
+    # Then it is the schedule's entry for that retry
+    assert countdown(retries_done, GUIDE_SCHEDULE) == expected
+
+
+@pytest.mark.parametrize("retries_done", [3, 4, 100])
+def test_past_the_schedule_the_last_entry_repeats(retries_done: int) -> None:
+    assert countdown(retries_done, GUIDE_SCHEDULE) == 10.0
+
+
+def test_countdown_is_a_float_for_integer_schedules() -> None:
+    # Given a schedule of ints (as a list)
+    result = countdown(1, [1, 2, 3])
+
+    # Then a float comes back
+    assert result == 2.0
+    assert isinstance(result, float)
+
+
+def test_fractional_schedule_is_kept() -> None:
+    assert countdown(0, (0.3, 0.6)) == 0.3
+
+
+def test_empty_schedule_means_no_wait() -> None:
+    assert countdown(0, ()) == 0.0
+    assert countdown(5, []) == 0.0
+
+
+def test_negative_retry_count_is_rejected() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        countdown(-1, GUIDE_SCHEDULE)
+
+
+def test_schedule_is_not_modified() -> None:
+    # Given a mutable schedule
+    schedule = [4.0, 8.0, 10.0]
+
+    # When used for every retry and beyond
+    for retries_done in range(5):
+        countdown(retries_done, schedule)
+
+    # Then it is unchanged
+    assert schedule == [4.0, 8.0, 10.0]

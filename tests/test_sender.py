@@ -1,0 +1,417 @@
+"""webhooks.sender: one POST against a real HTTPS receiver, every outcome classified."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from urllib3.response import HTTPResponse
+from urllib3.util import connection as urllib3_connection
+
+from webhooks.errors import ErrorKind, RetryableDeliveryError
+from webhooks.sender import MAX_RESPONSE_BYTES, Sender, SentResponse, parse_retry_after
+from webhooks.testing.receiver import Drop, Hang, Receiver, Respond, TestCA
+
+READ_TIMEOUT_S = 0.5
+
+#: The resolver as :mod:`webhooks.urlpolicy` calls it (the process-wide one).
+GETADDRINFO = "webhooks.urlpolicy.socket.getaddrinfo"
+#: How :mod:`webhooks.transport` opens its TCP connections.
+CREATE_CONNECTION = "webhooks.transport.connection.create_connection"
+
+
+@pytest.fixture(scope="module")
+def receiver(test_ca: TestCA) -> Iterator[Receiver]:
+    """One receiver for the module; every test scripts its own path."""
+    with Receiver(test_ca.server_context("localhost", "127.0.0.1")) as server:
+        yield server
+
+
+@pytest.fixture
+def sender(test_ca: TestCA) -> Iterator[Sender]:
+    sender = Sender(
+        connect_timeout_s=2,
+        read_timeout_s=READ_TIMEOUT_S,
+        allow_private=True,
+        ca_bundle=test_ca.pem_path,
+        user_agent="t",
+    )
+    yield sender
+    sender.close()
+
+
+@pytest.fixture
+def path() -> str:
+    return f"/hook/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every TCP connection the sender opens."""
+    opened: list[tuple[str, int]] = []
+    real = urllib3_connection.create_connection
+
+    def spy(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+        opened.append(address)
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(CREATE_CONNECTION, spy)
+    return opened
+
+
+def post_failing(sender: Sender, url: str) -> RetryableDeliveryError:
+    with pytest.raises(RetryableDeliveryError) as excinfo:
+        sender.post(url, b"{}", {"Content-Type": "application/json"})
+    return excinfo.value
+
+
+# --- answers --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
+def test_2xx_returns_the_status(receiver: Receiver, sender: Sender, path: str, status: int) -> None:
+    # Given a receiver that accepts with some 2xx
+    body = b"" if status == 204 else b'{"ok":true}'
+    receiver.script(path, [Respond(status, body=body)])
+
+    # When a body is posted
+    response = sender.post(
+        receiver.url(path), b'{"hello":"world"}', {"Content-Type": "application/json"}
+    )
+
+    # Then the status comes back with the answer's excerpt, and the body arrived intact
+    assert isinstance(response, SentResponse)
+    assert response.status == status
+    assert response.excerpt == body.decode()
+    assert response.duration_s >= 0
+    (request,) = receiver.received(path)
+    assert request.body == b'{"hello":"world"}'
+    assert request.headers["content-type"] == "application/json"
+
+
+def test_headers_are_sent_with_the_user_agent(
+    receiver: Receiver, sender: Sender, path: str
+) -> None:
+    # Given signature headers for one attempt
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": "1", "webhook-signature": "v1,x"}
+
+    # When posted
+    sender.post(receiver.url(path), b"{}", headers)
+
+    # Then they arrive with our User-Agent
+    (request,) = receiver.received(path)
+    assert request.headers["user-agent"] == "t"
+    for name, value in headers.items():
+        assert request.headers[name] == value
+
+
+def test_500_is_retryable_with_status_and_excerpt(
+    receiver: Receiver, sender: Sender, path: str
+) -> None:
+    # Given a receiver failing with a 500 and an explanation
+    receiver.script(path, [Respond(500, body=b'{"error":"database down"}')])
+
+    # When posted
+    error = post_failing(sender, receiver.url(path))
+
+    # Then it is a retryable 5xx carrying status and what the receiver said
+    assert error.kind is ErrorKind.HTTP_5XX
+    assert error.status == 500
+    assert error.response_excerpt == '{"error":"database down"}'
+    assert error.retry_after_s is None
+    assert "500" in str(error)
+
+
+@pytest.mark.parametrize("status", [503, 599])
+def test_other_5xx_are_http_5xx(receiver: Receiver, sender: Sender, path: str, status: int) -> None:
+    receiver.script(path, [Respond(status)])
+    error = post_failing(sender, receiver.url(path))
+    assert (error.kind, error.status) == (ErrorKind.HTTP_5XX, status)
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 410])
+def test_4xx_is_http_4xx(receiver: Receiver, sender: Sender, path: str, status: int) -> None:
+    # Given a receiver answering a 4xx
+    receiver.script(path, [Respond(status, body=b"not here")])
+
+    # When posted
+    error = post_failing(sender, receiver.url(path))
+
+    # Then it is classified http_4xx (the guide retries every non-2xx)
+    assert (error.kind, error.status, error.response_excerpt) == (
+        ErrorKind.HTTP_4XX,
+        status,
+        "not here",
+    )
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_redirect_is_http_3xx_and_not_followed(
+    receiver: Receiver, sender: Sender, path: str, status: int
+) -> None:
+    # Given a receiver redirecting elsewhere on the same server
+    target = f"{path}/elsewhere"
+    receiver.script(path, [Respond(status, headers={"Location": receiver.url(target)})])
+
+    # When posted
+    error = post_failing(sender, receiver.url(path))
+
+    # Then it fails as http_3xx naming the location, and the target was never requested
+    assert (error.kind, error.status) == (ErrorKind.HTTP_3XX, status)
+    assert receiver.url(target) in str(error)
+    assert len(receiver.received(path)) == 1
+    assert receiver.received(target) == []
+
+
+def test_429_carries_retry_after_seconds(receiver: Receiver, sender: Sender, path: str) -> None:
+    # Given a receiver rate-limiting with Retry-After: 7
+    receiver.script(path, [Respond(429, headers={"Retry-After": "7"})])
+
+    # When posted
+    error = post_failing(sender, receiver.url(path))
+
+    # Then the wait is parsed onto the error
+    assert (error.kind, error.status, error.retry_after_s) == (ErrorKind.HTTP_4XX, 429, 7.0)
+
+
+def test_503_carries_retry_after_date(receiver: Receiver, sender: Sender, path: str) -> None:
+    # Given a Retry-After date far in the future
+    when = datetime(2999, 1, 1, tzinfo=UTC)
+    receiver.script(path, [Respond(503, headers={"Retry-After": format_datetime(when, True)})])
+
+    # When posted
+    error = post_failing(sender, receiver.url(path))
+
+    # Then it is a positive number of seconds
+    assert error.retry_after_s is not None
+    assert error.retry_after_s > 0
+
+
+def test_non_ascii_digit_retry_after_does_not_crash(
+    receiver: Receiver, sender: Sender, path: str
+) -> None:
+    # Given a receiver sending a Latin-1 superscript digit as Retry-After
+    # ("²".isdigit() is True, float("²") raises)
+    receiver.script(path, [Respond(503, headers={"Retry-After": "\u00b2"})])
+
+    # When posted
+    error = post_failing(sender, receiver.url(path))
+
+    # Then it is still an ordinary retryable 5xx, with no usable Retry-After
+    assert (error.kind, error.retry_after_s) == (ErrorKind.HTTP_5XX, None)
+
+
+def test_large_response_body_is_not_read_fully(
+    receiver: Receiver, sender: Sender, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a receiver answering 1 MiB, and a count of the body bytes the client takes in
+    size = 1024 * 1024
+    receiver.script(path, [Respond(200, body=b"x" * size)])
+    consumed: list[int] = []
+    real_read = HTTPResponse.read
+
+    def counting_read(self: HTTPResponse, *args: Any, **kwargs: Any) -> bytes:
+        data = real_read(self, *args, **kwargs)
+        consumed.append(len(data))
+        return data
+
+    monkeypatch.setattr(HTTPResponse, "read", counting_read)
+
+    # When posted
+    response = sender.post(receiver.url(path), b"{}", {})
+
+    # Then the call returns with a short excerpt after reading only about 64 KiB
+    assert response.status == 200
+    assert response.excerpt == "x" * 200
+    assert MAX_RESPONSE_BYTES < sum(consumed) <= MAX_RESPONSE_BYTES + 8192
+
+
+def test_large_error_body_gives_a_short_excerpt(
+    receiver: Receiver, sender: Sender, path: str
+) -> None:
+    # Given a 500 with a body far larger than the read limit
+    receiver.script(path, [Respond(500, body=b"e" * (MAX_RESPONSE_BYTES * 4))])
+
+    # When posted
+    error = post_failing(sender, receiver.url(path))
+
+    # Then the excerpt is capped at 200 characters
+    assert error.response_excerpt == "e" * 200
+
+
+def test_binary_response_excerpt_is_decoded_safely(
+    receiver: Receiver, sender: Sender, path: str
+) -> None:
+    # Given a 500 whose body is not UTF-8
+    receiver.script(path, [Respond(500, body=b"\xff\xfe oops")])
+
+    # When posted
+    error = post_failing(sender, receiver.url(path))
+
+    # Then the excerpt is still text
+    assert error.response_excerpt.endswith(" oops")
+
+
+# --- network failures -----------------------------------------------------------
+
+
+def test_untrusted_certificate_is_a_tls_error(tmp_path: Path, sender: Sender, path: str) -> None:
+    # Given a receiver whose certificate comes from a CA the sender does not trust
+    stranger = TestCA(tmp_path)
+    with Receiver(stranger.server_context("localhost", "127.0.0.1")) as untrusted:
+        # When posted
+        error = post_failing(sender, untrusted.url(path))
+
+        # Then it is a retryable TLS error and nothing was delivered
+        assert error.kind is ErrorKind.TLS
+        assert error.status is None
+        assert untrusted.received() == []
+
+
+def test_dropped_connection_is_a_connection_error(
+    receiver: Receiver, sender: Sender, path: str
+) -> None:
+    # Given a receiver that closes the connection without answering
+    receiver.script(path, [Drop()])
+
+    # When posted
+    error = post_failing(sender, receiver.url(path))
+
+    # Then it is a retryable connection error without a status
+    assert error.kind is ErrorKind.CONNECTION
+    assert error.status is None
+    assert len(receiver.received(path)) == 1
+
+
+def test_refused_connection_is_a_connection_error(sender: Sender) -> None:
+    # Given a port on loopback where nothing listens
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    # When posted there
+    error = post_failing(sender, f"https://127.0.0.1:{port}/hook")
+
+    # Then it is a connection error
+    assert error.kind is ErrorKind.CONNECTION
+
+
+def test_silent_receiver_is_a_timeout(receiver: Receiver, sender: Sender, path: str) -> None:
+    # Given a receiver that takes the request and says nothing for 5 s
+    receiver.script(path, [Hang(5)])
+
+    # When posted with a 0.5 s read timeout
+    error = post_failing(sender, receiver.url(path))
+
+    # Then it is a retryable timeout
+    assert error.kind is ErrorKind.TIMEOUT
+    assert error.status is None
+
+
+def test_unresolvable_host_is_a_dns_error(sender: Sender, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a resolver that does not know the host
+    def fail(*args: object, **kwargs: object) -> list[Any]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(GETADDRINFO, fail)
+
+    # When posted
+    error = post_failing(sender, "https://nowhere.invalid/hook")
+
+    # Then it is a retryable DNS error
+    assert error.kind is ErrorKind.DNS
+    assert error.status is None
+
+
+def test_errors_keep_their_cause(receiver: Receiver, sender: Sender, path: str) -> None:
+    # Given a dropped connection
+    receiver.script(path, [Drop()])
+
+    # When posted
+    error = post_failing(sender, receiver.url(path))
+
+    # Then the requests exception is chained, not lost
+    assert error.__cause__ is not None
+
+
+# --- connection reuse -----------------------------------------------------------
+
+
+def test_two_posts_reuse_one_connection(
+    receiver: Receiver, sender: Sender, path: str, connects: list[tuple[str, int]]
+) -> None:
+    # Given a sender that has not connected yet
+    # When it posts twice to the same receiver
+    sender.post(receiver.url(path), b"{}", {})
+    sender.post(receiver.url(path), b"{}", {})
+
+    # Then both requests arrived over a single TCP connection
+    assert len(receiver.received(path)) == 2
+    assert connects == [("127.0.0.1", receiver.port)]
+
+
+def test_error_answer_keeps_the_connection(
+    receiver: Receiver, sender: Sender, path: str, connects: list[tuple[str, int]]
+) -> None:
+    # Given a first answer that is a 500 with a small body
+    receiver.script(path, [Respond(500)])
+    post_failing(sender, receiver.url(path))
+
+    # When posting again
+    sender.post(receiver.url(path), b"{}", {})
+
+    # Then the connection was reused
+    assert len(connects) == 1
+
+
+def test_oversized_answer_costs_its_connection(
+    receiver: Receiver, sender: Sender, path: str, connects: list[tuple[str, int]]
+) -> None:
+    # Given a first answer too large to drain
+    receiver.script(path, [Respond(200, body=b"x" * (4 * MAX_RESPONSE_BYTES))])
+    sender.post(receiver.url(path), b"{}", {})
+
+    # When posting again
+    sender.post(receiver.url(path), b"{}", {})
+
+    # Then a fresh connection was opened rather than reading the rest
+    assert len(connects) == 2
+    assert len(receiver.received(path)) == 2
+
+
+# --- parse_retry_after ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("7", 7.0), (" 120 ", 120.0), ("0", 0.0)],
+)
+def test_retry_after_seconds(value: str, expected: float) -> None:
+    assert parse_retry_after(value) == expected
+
+
+def test_retry_after_http_date_is_relative_to_now() -> None:
+    # Given an HTTP date one minute after "now"
+    now = datetime(2015, 10, 21, 7, 27, tzinfo=UTC).timestamp()
+
+    # When parsed
+    # Then it is 60 seconds
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=now) == 60.0
+
+
+def test_retry_after_date_in_the_past_is_zero() -> None:
+    now = datetime(2015, 10, 21, 8, 0, tzinfo=UTC).timestamp()
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=now) == 0.0
+
+
+@pytest.mark.parametrize(
+    "value", [None, "", "soon", "-5", "1.5", "7 seconds", "\u00b2", "\u0663", "Wed, 99 Foo"]
+)
+def test_unusable_retry_after_is_none(value: str | None) -> None:
+    assert parse_retry_after(value) is None

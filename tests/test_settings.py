@@ -1,0 +1,176 @@
+"""config.settings: typed settings from WEBHOOKS_* variables, validated at start-up."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from config.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No WEBHOOKS_* variable from the surrounding shell leaks into a test."""
+    for name in list(os.environ):
+        if name.upper().startswith("WEBHOOKS_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_follow_the_guide_and_are_safe() -> None:
+    # Given no configuration at all
+    settings = Settings()
+
+    # Then the guide's 30 s timeout and 4/8/10 schedule apply, https and public only
+    assert settings.timeout_s == 30.0
+    assert settings.retry_schedule == (4.0, 8.0, 10.0)
+    assert settings.allow_http is False
+    assert settings.allow_private_networks is False
+    assert settings.ca_bundle is None
+    assert settings.signing_secret is None
+
+
+def test_retry_schedule_is_parsed_from_comma_separated_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the schedule as an environment variable
+    monkeypatch.setenv("WEBHOOKS_RETRY_SCHEDULE", "4,8,10")
+
+    # When settings are built
+    settings = Settings()
+
+    # Then it is a tuple of floats
+    assert settings.retry_schedule == (4.0, 8.0, 10.0)
+    assert all(isinstance(v, float) for v in settings.retry_schedule)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(" 0.3 , 0.6,0.9 ", (0.3, 0.6, 0.9)), ("1,2,", (1.0, 2.0)), ("5", (5.0,))],
+)
+def test_retry_schedule_tolerates_spaces_and_trailing_commas(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: tuple[float, ...]
+) -> None:
+    monkeypatch.setenv("WEBHOOKS_RETRY_SCHEDULE", raw)
+    assert Settings().retry_schedule == expected
+
+
+@pytest.mark.parametrize("raw", ["4,eight,10", "4;8;10", "[4, 8, 10]"])
+def test_bad_retry_schedule_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    # Given a schedule that is not comma-separated numbers
+    monkeypatch.setenv("WEBHOOKS_RETRY_SCHEDULE", raw)
+
+    # When settings are built
+    with pytest.raises(ValidationError) as excinfo:
+        Settings()
+
+    # Then the error names the field and shows the expected form
+    message = str(excinfo.value)
+    assert "retry_schedule" in message
+    assert "comma-separated seconds like '4,8,10'" in message
+
+
+def test_negative_countdown_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEBHOOKS_RETRY_SCHEDULE", "4,-8,10")
+    with pytest.raises(ValidationError, match="finite and not negative"):
+        Settings()
+
+
+@pytest.mark.parametrize("raw", ["", " , ", "4,nan,10", "inf"])
+def test_empty_or_non_finite_schedule_is_rejected(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv("WEBHOOKS_RETRY_SCHEDULE", raw)
+    with pytest.raises(ValidationError, match="retry_schedule"):
+        Settings()
+
+
+def test_schedule_given_as_a_sequence_in_code_is_accepted() -> None:
+    assert Settings(retry_schedule=[1, 2]).retry_schedule == (1.0, 2.0)
+
+
+def test_visibility_timeout_must_outlast_a_task_and_its_longest_countdown() -> None:
+    # Given the default limits: 10 s connect + 30 s read + 5 s -> 45 s soft, 55 s hard,
+    # plus the 10 s longest countdown = 65 s
+    settings = Settings(visibility_timeout_s=66)
+    assert settings.task_time_limit_s == 55.0
+
+    # When the visibility timeout does not exceed that
+    with pytest.raises(ValidationError) as excinfo:
+        Settings(visibility_timeout_s=65)
+
+    # Then the message says what it must exceed and by how much
+    message = str(excinfo.value)
+    assert "visibility_timeout_s (65)" in message
+    assert "task time limit plus the longest retry countdown (65 s)" in message
+
+
+def test_visibility_check_reads_the_environment_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a long schedule from the environment and a short visibility timeout
+    monkeypatch.setenv("WEBHOOKS_RETRY_SCHEDULE", "4,8,600")
+    monkeypatch.setenv("WEBHOOKS_VISIBILITY_TIMEOUT_S", "600")
+
+    # Then the combination is rejected
+    with pytest.raises(ValidationError, match="visibility_timeout_s"):
+        Settings()
+
+
+def test_time_limits_derive_from_the_timeouts() -> None:
+    settings = Settings(timeout_s=2, connect_timeout_s=1, visibility_timeout_s=60)
+    assert settings.soft_time_limit_s == 8.0
+    assert settings.task_time_limit_s == 18.0
+
+
+@pytest.mark.parametrize("name", ["WEBHOOKS_TIMEOUT_S", "WEBHOOKS_CONNECT_TIMEOUT_S"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_timeouts_must_be_positive(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.removeprefix("WEBHOOKS_").lower()):
+        Settings()
+
+
+def test_development_switches_are_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the development flags set
+    monkeypatch.setenv("WEBHOOKS_ALLOW_HTTP", "true")
+    monkeypatch.setenv("WEBHOOKS_ALLOW_PRIVATE_NETWORKS", "1")
+    monkeypatch.setenv("WEBHOOKS_TIMEOUT_S", "2.5")
+
+    # When settings are built
+    settings = Settings()
+
+    # Then they are on
+    assert settings.allow_http is True
+    assert settings.allow_private_networks is True
+    assert settings.timeout_s == 2.5
+
+
+def test_broker_defaults_to_the_redis_url() -> None:
+    assert Settings(redis_url="redis://r:1/2").effective_broker_url == "redis://r:1/2"
+    assert (
+        Settings(redis_url="redis://r:1/2", broker_url="redis://b:3/4").effective_broker_url
+        == "redis://b:3/4"
+    )
+
+
+def test_signing_secret_is_not_shown_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a default signing secret in the environment
+    secret = "whsec_" + "A" * 43 + "="
+    monkeypatch.setenv("WEBHOOKS_SIGNING_SECRET", secret)
+
+    # When the settings are built and printed
+    settings = Settings()
+
+    # Then the value is available but never rendered
+    assert settings.signing_secret is not None
+    assert settings.signing_secret.get_secret_value() == secret
+    assert secret not in repr(settings)
+    assert secret not in str(settings)
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(ValidationError):
+        settings.timeout_s = 1  # type: ignore[misc]

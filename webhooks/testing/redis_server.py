@@ -68,6 +68,9 @@ class RedisServer:
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C must not stop Redis
+                # before the owner has shut its workers down.
+                start_new_session=True,
             )  # fmt: skip
             if self._wait_ready(port, process):
                 self.port, self._process = port, process

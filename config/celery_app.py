@@ -33,7 +33,9 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
     settings: Settings
 
     def configure(self, settings: Settings) -> None:
+        """Apply ``settings``; safe to call again, e.g. to re-point a producer."""
         self.settings = settings
+        self._drop_broker_pools()
         redis_options: dict[str, Any] = {
             "visibility_timeout": settings.visibility_timeout_s,
             "socket_timeout": settings.redis_socket_timeout_s,
@@ -60,6 +62,18 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
             task_send_sent_event=True,
             enable_utc=True,
         )
+
+    def _drop_broker_pools(self) -> None:
+        # Celery builds the connection and producer pools on first publish
+        # and keeps them; without this a reconfigured app would keep
+        # publishing to the old broker.
+        pool: Any = self.__dict__.get("_pool")
+        if pool is not None:
+            pool.force_close_all()
+            self._pool = None
+        amqp = self.__dict__.get("amqp")
+        if amqp is not None:
+            amqp._producer_pool = None
 
 
 def create_app(settings: Settings | None = None) -> WebhooksCelery:

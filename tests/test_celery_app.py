@@ -1,0 +1,50 @@
+"""config.celery_app: the reliability settings and re-pointing a producer."""
+
+from __future__ import annotations
+
+import redis
+
+from config.celery_app import QUEUE, create_app
+from config.settings import Settings
+from webhooks.testing.redis_server import RedisServer
+
+
+def test_reliability_settings_are_applied() -> None:
+    conf = create_app(Settings(redis_url="redis://example.invalid:6379/0")).conf
+
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_serializer == "json" and conf.accept_content == ["json"]
+    assert conf.result_backend is None and conf.task_ignore_result
+    assert conf.task_default_queue == QUEUE == "webhooks"
+    assert conf.task_soft_time_limit > 30 and conf.task_time_limit > conf.task_soft_time_limit
+    visibility = conf.broker_transport_options["visibility_timeout"]
+    assert visibility > conf.task_time_limit + 10
+
+
+def test_separate_broker_url_is_used_for_the_broker_only() -> None:
+    settings = Settings(redis_url="redis://store:6379/0", broker_url="redis://broker:6379/1")
+
+    assert create_app(settings).conf.broker_url == "redis://broker:6379/1"
+
+
+def _probe() -> None:
+    """A task body; never run, only published."""
+
+
+def test_configure_repoints_an_app_that_already_published(redis_server: RedisServer) -> None:
+    # Given an app that has published to one Redis
+    with RedisServer() as other:
+        app = create_app(Settings(redis_url=redis_server.url))
+        task = app.task(name="probe")(_probe)
+        task.delay()
+
+        # When it is configured for another Redis and publishes again
+        app.configure(Settings(redis_url=other.url))
+        task.delay()
+
+        # Then the second message went to the other Redis
+        client = redis.Redis.from_url(other.url)
+        assert client.llen(QUEUE) == 1
+        client.close()
+        app.close()

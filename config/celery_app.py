@@ -77,7 +77,7 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
 
 
 def create_app(settings: Settings | None = None) -> WebhooksCelery:
-    app = WebhooksCelery("webhooks", include=["tasks.delivery"])
+    app = WebhooksCelery("webhooks", include=["tasks.delivery", "tasks.pump"])
     app.configure(settings or Settings())
     return app
 

@@ -16,6 +16,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from webhooks.ratelimit import Limits, RateLimit
+
 __all__ = ["Settings", "child_environment"]
 
 DEFAULT_RETRY_SCHEDULE_S = (4.0, 8.0, 10.0)
@@ -53,6 +55,25 @@ class Settings(BaseSettings):
         description="whsec_ secret for deliveries to a conversation that has none registered.",
     )
 
+    rate_limit: str = Field(
+        "100/minute", description="Per endpoint, sliding window: '100/minute', '10/second'."
+    )
+    max_concurrency: int = Field(10, ge=1, description="Per endpoint: attempts in flight at once.")
+    limits_enabled: bool = Field(
+        True, description="Enforce rate limits and concurrency caps (off only for benchmarks)."
+    )
+    retry_after_cap_s: float = Field(
+        600.0, gt=0, description="Longest hold a receiver's Retry-After can impose."
+    )
+    max_rate_limited_wait_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Total time a delivery may wait on 429s before it is failed.",
+    )
+    pump_interval_s: float = Field(
+        0.2, gt=0, description="How often each worker looks for parked deliveries that are due."
+    )
+
     visibility_timeout_s: int = Field(
         3600, gt=0, description="Redis broker: when an unacknowledged task is redelivered."
     )
@@ -86,6 +107,12 @@ class Settings(BaseSettings):
             raise ValueError("retry countdowns must be finite and not negative")
         return value
 
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        RateLimit.parse(value)
+        return value
+
     @model_validator(mode="after")
     def _check_visibility(self) -> Settings:
         # A task held by a worker for a countdown is unacknowledged; if it
@@ -98,6 +125,15 @@ class Settings(BaseSettings):
                 f"limit plus the longest retry countdown ({needed:.0f} s)"
             )
         return self
+
+    @property
+    def default_limits(self) -> Limits:
+        return Limits(rate=RateLimit.parse(self.rate_limit), max_concurrency=self.max_concurrency)
+
+    @property
+    def lease_s(self) -> float:
+        """A concurrency slot outlives any attempt, even one the time limit kills."""
+        return self.task_time_limit_s + 5.0
 
     @property
     def effective_broker_url(self) -> str:

@@ -22,7 +22,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from config.celery_app import WebhooksCelery, app
 from webhooks import backoff
-from webhooks.delivery import Deliverer
+from webhooks.delivery import Deliverer, Job, Parked
 from webhooks.errors import DeliveryError, RetryableDeliveryError
 from webhooks.events import MessageEvent, parse_event
 from webhooks.signing import new_webhook_id
@@ -60,6 +60,7 @@ class DeliveryTask(Task):  # type: ignore[misc]
             )
         webhook_id = webhook_id or new_webhook_id()
         normalized = {
+            **bound.arguments,  # progress kwargs (attempt, ...) of a retry or unpark
             "event": parsed.model_dump(mode="json"),
             "callback_url": callback_url,
             "webhook_id": webhook_id,
@@ -88,10 +89,14 @@ class DeliveryTask(Task):  # type: ignore[misc]
             log.info(
                 "delivery %s attempt %d failed (%s); retrying in %.1f s",
                 (self.request.kwargs or {}).get("webhook_id"),
-                self.request.retries + 1,
+                _attempt_number(self.request),
                 exc,
                 countdown or 0.0,
             )
+        if kwargs is None:
+            # The next HTTP attempt carries the next number; 429 back-offs
+            # (parked, not retried) also advance it, so it is not retries + 1.
+            kwargs = {**(self.request.kwargs or {}), "attempt": _attempt_number(self.request) + 1}
         try:
             return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
         except Reject as rejected:
@@ -108,7 +113,7 @@ class DeliveryTask(Task):  # type: ignore[misc]
         kwargs = kwargs or {}
         event = kwargs.get("event", args[0] if args else None)
         webhook_id = kwargs.get("webhook_id") or task_id
-        attempts = self.request.retries + 1
+        attempts = _attempt_number(self.request)
         try:
             outcome = self.deliverer.record_failure(
                 event,
@@ -147,17 +152,41 @@ def deliver_webhook(
     event: dict[str, Any],
     callback_url: str | None = None,
     webhook_id: str | None = None,
+    *,
+    attempt: int | None = None,
+    waited_s: float = 0.0,
+    place_ms: int = 0,
 ) -> dict[str, Any]:
-    """POST ``event`` to its conversation's callback (or ``callback_url``)."""
-    attempt = self.request.retries + 1
-    response = self.deliverer.attempt(
-        event, webhook_id=webhook_id or self.request.id, callback_url=callback_url, attempt=attempt
+    """POST ``event`` to its conversation's callback (or ``callback_url``).
+
+    ``attempt``, ``waited_s`` and ``place_ms`` carry a delivery's progress
+    across retries and parking; producers leave them out.
+    """
+    job = Job(
+        event=event,
+        webhook_id=webhook_id or self.request.id,
+        callback_url=callback_url,
+        attempt=_attempt_number(self.request),
+        retries=self.request.retries,
+        waited_s=waited_s,
+        place_ms=place_ms,
     )
+    result = self.deliverer.attempt(job)
+    if isinstance(result, Parked):
+        log.info(
+            "delivery %s parked for about %.1f s (%s)", job.webhook_id, result.wait_s, result.reason
+        )
+        return {"parked": result.reason, "attempt": job.attempt}
     log.info(
         "delivered %s on attempt %d: HTTP %d in %.3f s",
-        webhook_id,
-        attempt,
-        response.status,
-        response.duration_s,
+        job.webhook_id,
+        job.attempt,
+        result.status,
+        result.duration_s,
     )
-    return {"status": response.status, "attempt": attempt}
+    return {"status": result.status, "attempt": job.attempt}
+
+
+def _attempt_number(request: Any) -> int:
+    given = (request.kwargs or {}).get("attempt")
+    return int(given) if given else request.retries + 1

@@ -15,11 +15,12 @@ from typing import Any
 from uuid import UUID
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from webhooks import keys
 from webhooks.errors import InvalidConfiguration
 from webhooks.events import Channel
+from webhooks.ratelimit import Limits, RateLimit
 from webhooks.signing import generate_secret, secret_key
 from webhooks.urlpolicy import check_url, resolve_public
 
@@ -31,6 +32,21 @@ class CallbackConfig(BaseModel):
 
     callback_url: str
     workflow_id: str | None = None
+    rate_limit: str | None = None  # overrides WEBHOOKS_RATE_LIMIT, e.g. "300/minute"
+    max_concurrency: int | None = Field(None, ge=1)  # overrides WEBHOOKS_MAX_CONCURRENCY
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            RateLimit.parse(value)
+        return value
+
+    def limits(self, default: Limits) -> Limits:
+        return Limits(
+            rate=RateLimit.parse(self.rate_limit) if self.rate_limit else default.rate,
+            max_concurrency=self.max_concurrency or default.max_concurrency,
+        )
 
 
 class ConversationConfig(BaseModel):

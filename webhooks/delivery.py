@@ -1,8 +1,8 @@
 """One delivery attempt, from a queued event to a classified result.
 
-The Celery task stays thin: it hands its arguments to :meth:`Deliverer.attempt`
-and maps the outcome to done, retry, or dead letter. Everything here is
-plain Python, testable without a worker.
+The Celery task stays thin: it hands a :class:`Job` to
+:meth:`Deliverer.attempt` and maps the result to done, retry, or dead
+letter. Everything here is plain Python, testable without a worker.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from typing import Any
 import redis
 
 from config.settings import Settings
+from webhooks import backoff
 from webhooks.conversations import Conversation, ConversationStore
+from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import (
     DeliveryError,
     ErrorKind,
@@ -26,12 +28,14 @@ from webhooks.errors import (
 )
 from webhooks.events import MessageEvent, event_body, parse_event
 from webhooks.outcomes import Outcome, OutcomeStore
-from webhooks.sender import Sender, SentResponse
+from webhooks.parking import ParkedDelivery, ParkingLot
+from webhooks.ratelimit import Denied, Granted, Limiter, Limits
+from webhooks.sender import Sender
 from webhooks.signing import signature_headers
 from webhooks.store import connect
 from webhooks.urlpolicy import check_url
 
-__all__ = ["USER_AGENT", "Deliverer"]
+__all__ = ["USER_AGENT", "Delivered", "Deliverer", "DeliveryPolicy", "Job", "Parked"]
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +43,62 @@ USER_AGENT = f"celery-webhooks/{version('celery-webhooks')}"
 
 
 @dataclass(frozen=True, slots=True)
+class Job:
+    """One attempt's inputs, as the task received them."""
+
+    event: dict[str, Any]
+    webhook_id: str
+    callback_url: str | None
+    attempt: int  # the HTTP attempt number, X-Webhook-Attempt
+    retries: int  # retry budget used so far
+    waited_s: float = 0.0  # time already spent waiting on 429s
+    place_ms: int = 0  # place in the endpoint's waiting line, if it was parked
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    status: int
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """Waiting in Redis for the endpoint; the task is done with it."""
+
+    wait_s: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    allow_http: bool
+    allow_private: bool
+    default_secret: str | None
+    default_limits: Limits
+    retry_schedule: tuple[float, ...]
+    retry_after_cap_s: float
+    max_rate_limited_wait_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeliveryPolicy:
+        secret = settings.signing_secret
+        return cls(
+            allow_http=settings.allow_http,
+            allow_private=settings.allow_private_networks,
+            default_secret=secret.get_secret_value() if secret else None,
+            default_limits=settings.default_limits,
+            retry_schedule=settings.retry_schedule,
+            retry_after_cap_s=settings.retry_after_cap_s,
+            max_rate_limited_wait_s=settings.max_rate_limited_wait_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class _Target:
     url: str
+    endpoint: str
     secrets: list[str]
+    limits: Limits
 
 
 class Deliverer:
@@ -53,16 +110,16 @@ class Deliverer:
         sender: Sender,
         conversations: ConversationStore,
         outcomes: OutcomeStore,
-        allow_http: bool,
-        allow_private: bool,
-        default_secret: str | None,
+        limiter: Limiter | None,
+        parking: ParkingLot,
+        policy: DeliveryPolicy,
     ) -> None:
         self.sender = sender
         self.conversations = conversations
         self.outcomes = outcomes
-        self._allow_http = allow_http
-        self._allow_private = allow_private
-        self._default_secret = default_secret
+        self.limiter = limiter
+        self.parking = parking
+        self.policy = policy
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Deliverer:
@@ -77,46 +134,43 @@ class Deliverer:
             ),
             conversations=conversation_store(client, settings),
             outcomes=OutcomeStore(client, retention_s=settings.outcome_retention_s),
-            allow_http=settings.allow_http,
-            allow_private=settings.allow_private_networks,
-            default_secret=(
-                settings.signing_secret.get_secret_value() if settings.signing_secret else None
-            ),
+            limiter=Limiter(client, lease_s=settings.lease_s) if settings.limits_enabled else None,
+            parking=ParkingLot(client),
+            policy=DeliveryPolicy.from_settings(settings),
         )
 
-    def attempt(
-        self, event: dict[str, Any], *, webhook_id: str, callback_url: str | None, attempt: int
-    ) -> SentResponse:
-        """Make attempt number ``attempt``; raise a :class:`DeliveryError` unless 2xx."""
-        parsed = _parse(event)
-        target = self._target(parsed, callback_url)
+    def attempt(self, job: Job) -> Delivered | Parked:
+        """Make one attempt, or park the job if its endpoint has no room.
+
+        Raises :class:`RetryableDeliveryError` or :class:`PermanentDeliveryError`
+        when the attempt was made and failed.
+        """
+        parsed = _parse(job.event)
+        target = self._target(parsed, job.callback_url)
+        grant = self._acquire(target)
+        if isinstance(grant, Denied):
+            return self._park(target, job, wait_s=grant.wait_s, reason=grant.reason)
         body = event_body(parsed)
         headers = {
             "Content-Type": "application/json",
-            "X-Webhook-Attempt": str(attempt),
-            **signature_headers(target.secrets, webhook_id, body),
+            "X-Webhook-Attempt": str(job.attempt),
+            **signature_headers(target.secrets, job.webhook_id, body),
+            **(grant.headers() if grant else {}),
         }
-        response = self.sender.post(target.url, body, headers)
-        outcome = Outcome(
-            webhook_id=webhook_id,
-            state="delivered",
-            conversation_id=str(parsed.conversation_id),
-            message_id=str(parsed.data.id),
-            url=target.url,
-            attempts=attempt,
-            status=response.status,
-            duration_s=round(response.duration_s, 6),
-        )
         try:
-            self.outcomes.delivered(outcome)
-        except redis.RedisError:
-            # The receiver has it; failing the task now would dead-letter a
-            # delivered event. The log line is the record.
-            log.exception(
-                "delivered but could not record the outcome",
-                extra={"webhook_id": webhook_id, "url": target.url},
-            )
-        return response
+            response = self.sender.post(target.url, body, headers)
+        except DeliveryError as exc:
+            hold_s = self._hold_for(exc, job.retries)
+            self._release(target, grant, hold_s)
+            if exc.status == 429 and isinstance(exc, RetryableDeliveryError):
+                return self._back_off(target, job, exc, hold_s)
+            raise
+        except BaseException:
+            self._release(target, grant, 0.0)
+            raise
+        self._release(target, grant, 0.0)
+        self._record_delivered(parsed, job, target, response.status, response.duration_s)
+        return Delivered(status=response.status, duration_s=response.duration_s)
 
     def record_failure(
         self,
@@ -128,15 +182,14 @@ class Deliverer:
         error: BaseException,
     ) -> Outcome:
         """Keep a failed delivery as a dead letter with its last error."""
-        ids = event.get("data", {}) if isinstance(event, dict) else {}
+        event_dict = event if isinstance(event, dict) else {}
+        data = event_dict.get("data")
         kind = error.kind if isinstance(error, DeliveryError) else _kind_of(error)
         outcome = Outcome(
             webhook_id=webhook_id,
             state="failed",
-            conversation_id=_str_or_none(event.get("conversation_id"))
-            if isinstance(event, dict)
-            else None,
-            message_id=_str_or_none(ids.get("id")) if isinstance(ids, dict) else None,
+            conversation_id=_str_or_none(event_dict.get("conversation_id")),
+            message_id=_str_or_none(data.get("id")) if isinstance(data, dict) else None,
             url=callback_url,
             attempts=attempts,
             status=error.status if isinstance(error, DeliveryError) else None,
@@ -145,6 +198,97 @@ class Deliverer:
         )
         self.outcomes.failed(outcome, event=event, callback_url=callback_url)
         return outcome
+
+    def _acquire(self, target: _Target) -> Granted | Denied | None:
+        if self.limiter is None:
+            return None
+        try:
+            return self.limiter.acquire(target.endpoint, target.limits)
+        except redis.RedisError as exc:
+            raise RetryableDeliveryError(
+                f"cannot reach the rate limiter: {exc}", kind=ErrorKind.INTERNAL
+            ) from exc
+
+    def _release(self, target: _Target, grant: Granted | None, hold_s: float) -> None:
+        if grant is None or self.limiter is None:
+            return
+        try:
+            if self.limiter.release(target.endpoint, grant.token, hold_s=hold_s) > 0:
+                self.parking.wake(target.endpoint)
+        except redis.RedisError:
+            # The lease expires on its own; the delivery's result stands.
+            log.warning("could not release a slot for %s", target.endpoint, exc_info=True)
+
+    def _hold_for(self, exc: DeliveryError, retries: int) -> float:
+        """How long the receiver asked every attempt to it to wait (429/503)."""
+        if exc.status not in (429, 503):
+            return 0.0
+        wait = exc.retry_after_s
+        if wait is None and exc.status == 429:
+            wait = backoff.countdown(retries, self.policy.retry_schedule)
+        return min(wait or 0.0, self.policy.retry_after_cap_s)
+
+    def _back_off(
+        self, target: _Target, job: Job, exc: RetryableDeliveryError, hold_s: float
+    ) -> Parked:
+        """A 429 is back-pressure: wait as asked, without using the retry budget."""
+        waited = job.waited_s + hold_s
+        if waited > self.policy.max_rate_limited_wait_s:
+            raise PermanentDeliveryError(
+                f"receiver kept answering 429 for {waited:.0f} s, longer than the "
+                f"{self.policy.max_rate_limited_wait_s:.0f} s allowed",
+                kind=ErrorKind.RATE_LIMITED,
+                status=429,
+                response_excerpt=exc.response_excerpt,
+            ) from exc
+        later = Job(
+            event=job.event,
+            webhook_id=job.webhook_id,
+            callback_url=job.callback_url,
+            attempt=job.attempt + 1,
+            retries=job.retries,
+            waited_s=waited,
+            place_ms=job.place_ms,
+        )
+        return self._park(target, later, wait_s=max(hold_s, 0.001), reason="retry_after")
+
+    def _park(self, target: _Target, job: Job, *, wait_s: float, reason: str) -> Parked:
+        delivery = ParkedDelivery(
+            event=job.event,
+            callback_url=job.callback_url,
+            webhook_id=job.webhook_id,
+            attempt=job.attempt,
+            retries=job.retries,
+            waited_s=job.waited_s,
+            place_ms=job.place_ms,
+        )
+        try:
+            self.parking.park(target.endpoint, delivery, target.limits, wait_s=wait_s)
+        except redis.RedisError as exc:
+            raise RetryableDeliveryError(
+                f"cannot park the delivery: {exc}", kind=ErrorKind.INTERNAL
+            ) from exc
+        return Parked(wait_s=wait_s, reason=reason)
+
+    def _record_delivered(
+        self, event: MessageEvent, job: Job, target: _Target, status: int, duration_s: float
+    ) -> None:
+        outcome = Outcome(
+            webhook_id=job.webhook_id,
+            state="delivered",
+            conversation_id=str(event.conversation_id),
+            message_id=str(event.data.id),
+            url=target.url,
+            attempts=job.attempt,
+            status=status,
+            duration_s=round(duration_s, 6),
+        )
+        try:
+            self.outcomes.delivered(outcome)
+        except redis.RedisError:
+            # The receiver has it; failing the task now would dead-letter a
+            # delivered event. The log line is the record.
+            log.exception("delivered %s but could not record the outcome", job.webhook_id)
 
     def _target(self, event: MessageEvent, callback_url: str | None) -> _Target:
         try:
@@ -161,23 +305,26 @@ class Deliverer:
                 "has no callback_url",
                 kind=ErrorKind.NO_CALLBACK,
             )
+        policy = self.policy
         try:
-            check_url(url, allow_http=self._allow_http, allow_private=self._allow_private)
+            check_url(url, allow_http=policy.allow_http, allow_private=policy.allow_private)
         except PolicyRefusal as exc:
             raise PermanentDeliveryError(str(exc), kind=ErrorKind.REFUSED_BY_POLICY) from exc
         except ValueError as exc:
             raise PermanentDeliveryError(str(exc), kind=ErrorKind.NO_CALLBACK) from exc
         if conversation is not None:
             secrets = conversation.signing_secrets()
-        elif self._default_secret:
-            secrets = [self._default_secret]
+            limits = conversation.config.limits(policy.default_limits)
+        elif policy.default_secret:
+            secrets = [policy.default_secret]
+            limits = policy.default_limits
         else:
             raise PermanentDeliveryError(
                 f"conversation {event.conversation_id} is not registered, so it has no signing "
                 "secret; register it or set WEBHOOKS_SIGNING_SECRET",
                 kind=ErrorKind.NO_SECRET,
             )
-        return _Target(url=url, secrets=secrets)
+        return _Target(url=url, endpoint=normalize_endpoint(url), secrets=secrets, limits=limits)
 
 
 def conversation_store(client: redis.Redis, settings: Settings) -> ConversationStore:

@@ -41,6 +41,7 @@ class ErrorKind(StrEnum):
     HTTP_3XX = "http_3xx"
     HTTP_4XX = "http_4xx"
     HTTP_5XX = "http_5xx"
+    RATE_LIMITED = "rate_limited"
     REFUSED_BY_POLICY = "refused_by_policy"
     NO_CALLBACK = "no_callback"
     NO_SECRET = "no_secret"  # noqa: S105 - a label, not a secret

@@ -6,13 +6,20 @@ kombu's business and are not listed here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from webhooks.endpoints import endpoint_tag
+
 __all__ = [
     "CONVERSATIONS",
     "DEAD_LETTERS",
+    "PARKED_ENDPOINTS",
     "PREFIX",
+    "EndpointKeys",
     "conversation",
     "dead_letter",
     "delivery",
+    "endpoint",
 ]
 
 PREFIX = "webhooks"
@@ -21,6 +28,9 @@ PREFIX = "webhooks"
 CONVERSATIONS = f"{PREFIX}:conversations"
 #: Sorted set of dead-lettered webhook ids, scored by failure time (epoch s).
 DEAD_LETTERS = f"{PREFIX}:dead"
+#: Sorted set of endpoints with parked deliveries, scored by when (epoch ms)
+#: the pump should next look at them.
+PARKED_ENDPOINTS = f"{PREFIX}:parked"
 
 
 def conversation(conversation_id: str) -> str:
@@ -36,3 +46,34 @@ def delivery(webhook_id: str) -> str:
 def dead_letter(webhook_id: str) -> str:
     """JSON: a failed delivery with its payload and last error, kept until replayed."""
     return f"{PREFIX}:dead:{webhook_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointKeys:
+    """The per-endpoint keys; all share one hash tag so a Lua script may
+    touch any of them on a Redis Cluster.
+    """
+
+    window: str  # zset: attempt token -> start (ms), the sliding window
+    inflight: str  # zset: attempt token -> lease expiry (ms)
+    hold: str  # string: no attempt before this time (ms), from Retry-After
+    parked: str  # zset: webhook id -> first parked (ms), the waiting line
+    payloads: str  # hash: webhook id -> parked delivery (JSON)
+    limits: str  # string: "count window_ms max_concurrency" of the latest park
+    pump_lock: str  # string: which pump is releasing this endpoint's backlog
+
+    def for_script(self) -> list[str]:
+        return [self.window, self.inflight, self.hold, self.parked, self.payloads, self.limits]
+
+
+def endpoint(normalized: str) -> EndpointKeys:
+    base = f"{PREFIX}:ep:{{{endpoint_tag(normalized)}}}"
+    return EndpointKeys(
+        window=f"{base}:window",
+        inflight=f"{base}:inflight",
+        hold=f"{base}:hold",
+        parked=f"{base}:parked",
+        payloads=f"{base}:payloads",
+        limits=f"{base}:limits",
+        pump_lock=f"{base}:pump",
+    )

@@ -77,7 +77,10 @@ class Receiver:
     def __init__(self, context: ssl.SSLContext, *, host: str = "127.0.0.1") -> None:
         self._scripts: dict[str, deque[Behaviour]] = defaultdict(deque)
         self._secrets: dict[str, str] = {}
+        self._defaults: dict[str, Behaviour] = {}
         self._received: list[ReceivedRequest] = []
+        self._in_flight: dict[str, int] = defaultdict(int)
+        self._peak_in_flight: dict[str, int] = defaultdict(int)
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer((host, 0), self._handler_class())
@@ -110,9 +113,28 @@ class Receiver:
         with self._lock:
             self._scripts[path].extend(behaviours)
 
+    def always(self, path: str, behaviour: Behaviour) -> None:
+        """Answer requests to ``path`` this way once its script is used up."""
+        with self._lock:
+            self._defaults[path] = behaviour
+
     def verify_with(self, path: str, secret: str) -> None:
         with self._lock:
             self._secrets[path] = secret
+
+    def peak_in_flight(self, path: str) -> int:
+        """The most requests to ``path`` this server was answering at once."""
+        with self._lock:
+            return self._peak_in_flight[path]
+
+    def _enter(self, path: str) -> None:
+        with self._lock:
+            self._in_flight[path] += 1
+            self._peak_in_flight[path] = max(self._peak_in_flight[path], self._in_flight[path])
+
+    def _leave(self, path: str) -> None:
+        with self._lock:
+            self._in_flight[path] -= 1
 
     def received(self, path: str | None = None) -> list[ReceivedRequest]:
         with self._lock:
@@ -148,7 +170,7 @@ class Receiver:
             self._received.append(ReceivedRequest(path, headers, body, time.time(), signature_ok))
             self._lock.notify_all()
             script = self._scripts.get(path)
-            return script.popleft() if script else Respond()
+            return script.popleft() if script else self._defaults.get(path, Respond())
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
@@ -160,7 +182,13 @@ class Receiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                behaviour = receiver._record(self.path, headers, body)
+                receiver._enter(self.path)
+                try:
+                    self._answer(receiver._record(self.path, headers, body))
+                finally:
+                    receiver._leave(self.path)
+
+            def _answer(self, behaviour: Behaviour) -> None:
                 if isinstance(behaviour, Drop):
                     self.close_connection = True
                     self.connection.close()

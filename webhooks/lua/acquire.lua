@@ -1,0 +1,43 @@
+-- Take one attempt slot for an endpoint, or say how long to wait.
+-- KEYS[1] window   zset  attempt token -> start ms (sliding window log)
+-- KEYS[2] inflight zset  attempt token -> lease expiry ms
+-- KEYS[3] hold     string no attempt before this ms (receiver's Retry-After)
+-- ARGV[1] limit          attempts allowed per window
+-- ARGV[2] window_ms
+-- ARGV[3] max_concurrency
+-- ARGV[4] lease_ms       how long a slot survives a worker that died holding it
+-- ARGV[5] token          unique per attempt
+-- Returns {1, remaining, reset_ms} when granted,
+--         {0, wait_ms, reason} when not (reason: hold | concurrency | rate).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local cap = tonumber(ARGV[3])
+local lease = tonumber(ARGV[4])
+
+local hold = tonumber(redis.call('GET', KEYS[3]) or '0')
+if hold > now then
+  return {0, hold - now, 'hold'}
+end
+
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= cap then
+  -- Worst case the earliest lease expires; a release wakes waiters sooner.
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return {0, tonumber(first[2]) - now, 'concurrency'}
+end
+
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count >= limit then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, tonumber(oldest[2]) + window - now, 'rate'}
+end
+
+redis.call('ZADD', KEYS[1], now, ARGV[5])
+redis.call('PEXPIRE', KEYS[1], window)
+redis.call('ZADD', KEYS[2], now + lease, ARGV[5])
+redis.call('PEXPIRE', KEYS[2], lease)
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {1, limit - count - 1, tonumber(oldest[2]) + window - now}

@@ -1,0 +1,43 @@
+-- Pick the parked deliveries that the endpoint has room for right now.
+-- KEYS[1] window, KEYS[2] inflight, KEYS[3] hold, KEYS[4] parked, KEYS[5] payloads
+-- KEYS[6] limits   "limit window_ms max_concurrency", as the last park stored them
+-- ARGV[1] max_batch
+-- Returns {-1} when nothing is parked, {wait_ms} when there is no room yet,
+-- else {0, id1, payload1, id2, payload2, ...}. Nothing is removed here: the
+-- caller removes what it has republished, so a crash in between can only
+-- duplicate, never lose.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('ZCARD', KEYS[4]) == 0 then
+  return {-1}
+end
+local stored = redis.call('GET', KEYS[6])
+if not stored then
+  return redis.error_reply('parked deliveries without stored limits')
+end
+local limit, window, cap = string.match(stored, '(%d+) (%d+) (%d+)')
+limit, window, cap = tonumber(limit), tonumber(window), tonumber(cap)
+local hold = tonumber(redis.call('GET', KEYS[3]) or '0')
+if hold > now then
+  return {hold - now}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local free_slots = cap - redis.call('ZCARD', KEYS[2])
+local free_budget = limit - redis.call('ZCARD', KEYS[1])
+local n = math.min(free_slots, free_budget, tonumber(ARGV[1]))
+if n <= 0 then
+  if free_budget <= 0 then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {math.max(1, tonumber(oldest[2]) + window - now)}
+  end
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return {math.max(1, tonumber(first[2]) - now)}
+end
+local ids = redis.call('ZRANGE', KEYS[4], 0, n - 1)
+local result = {0}
+for _, id in ipairs(ids) do
+  table.insert(result, id)
+  table.insert(result, redis.call('HGET', KEYS[5], id) or '')
+end
+return result

@@ -1,0 +1,156 @@
+"""Deliveries waiting for their endpoint, parked in Redis, not in workers.
+
+A delivery that finds its endpoint at a limit is written to the endpoint's
+waiting line and its task finishes: it holds no worker slot, no place in the
+``webhooks`` queue, and no memory, however long the line. The pump
+(:mod:`tasks.pump`) republishes from the head of the line as the endpoint
+has room again.
+
+Why not retry with a countdown? A countdown task sits unacknowledged in a
+worker's memory until it is due; thousands of them for one slow endpoint
+would swell that memory and, past the broker's visibility timeout, be
+delivered twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+
+from webhooks import keys
+from webhooks.ratelimit import Limits, load_script
+
+__all__ = ["ParkedDelivery", "ParkingLot", "Room"]
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedDelivery:
+    """Everything needed to republish the delivery exactly where it left off."""
+
+    event: dict[str, Any]
+    callback_url: str | None
+    webhook_id: str
+    attempt: int  # the number the next HTTP attempt will carry
+    retries: int  # retry budget used so far
+    waited_s: float  # time spent waiting on a receiver's 429s so far
+    place_ms: int = 0  # place in line, kept when parked again
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> ParkedDelivery:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """What :meth:`ParkingLot.take` found: deliveries to release, or a wait."""
+
+    deliveries: list[ParkedDelivery]
+    wait_s: float | None  # None: the line is empty
+
+
+class ParkingLot:
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._park = load_script(client, "park")
+        self._unpark = load_script(client, "unpark")
+
+    def park(
+        self, endpoint: str, delivery: ParkedDelivery, limits: Limits, *, wait_s: float
+    ) -> int:
+        """Queue ``delivery`` for ``endpoint``; the pump looks again in ``wait_s``.
+
+        Idempotent per webhook id. Returns the length of the line.
+        """
+        ek = keys.endpoint(endpoint)
+        stored_limits = (
+            f"{limits.rate.count} {limits.rate.window_s * 1000} {limits.max_concurrency}"
+        )
+        pipe = self._redis.pipeline(transaction=False)
+        self._park(
+            keys=ek.for_script(),
+            args=[delivery.webhook_id, delivery.to_json(), delivery.place_ms, stored_limits],
+            client=pipe,
+        )
+        # Indexed after the line holds the delivery: a crash in between leaves
+        # it unindexed only until the next park or release for the endpoint.
+        # LT: adds a new endpoint, or brings an existing one's look forward.
+        pipe.zadd(keys.PARKED_ENDPOINTS, {endpoint: _ms(time.time() + wait_s)}, lt=True)
+        length, _ = pipe.execute()
+        return int(length)
+
+    def wake(self, endpoint: str) -> None:
+        """A slot came free: have the pump look at ``endpoint`` now."""
+        self._redis.zadd(keys.PARKED_ENDPOINTS, {endpoint: _ms(time.time())}, lt=True)
+
+    def due(self, *, limit: int = 100) -> list[str]:
+        """Endpoints whose line the pump should look at now."""
+        found = self._redis.zrangebyscore(
+            keys.PARKED_ENDPOINTS, "-inf", _ms(time.time()), start=0, num=limit
+        )
+        return [str(e) for e in found]
+
+    def claim(self, endpoint: str, owner: str, *, ttl_s: float) -> bool:
+        """One pump at a time per endpoint, across every worker."""
+        return bool(
+            self._redis.set(keys.endpoint(endpoint).pump_lock, owner, nx=True, px=_ms(ttl_s))
+        )
+
+    def unclaim(self, endpoint: str, owner: str) -> None:
+        lock = keys.endpoint(endpoint).pump_lock
+        if self._redis.get(lock) == owner:
+            self._redis.delete(lock)
+
+    def take(self, endpoint: str, *, max_batch: int) -> Room:
+        """The deliveries at the head of the line that the endpoint has room for.
+
+        They stay parked until :meth:`done`: republish first, then remove.
+        """
+        reply = self._unpark(keys=keys.endpoint(endpoint).for_script(), args=[max_batch])
+        head = int(reply[0])
+        if head == -1:
+            return Room(deliveries=[], wait_s=None)
+        if head > 0:
+            return Room(deliveries=[], wait_s=head / 1000)
+        pairs = reply[1:]
+        deliveries, orphans = [], []
+        for webhook_id, payload in zip(pairs[::2], pairs[1::2], strict=True):
+            if payload:
+                deliveries.append(ParkedDelivery.from_json(str(payload)))
+            else:
+                orphans.append(str(webhook_id))
+        self.done(endpoint, orphans)  # ids without payload would block the line
+        return Room(deliveries=deliveries, wait_s=0.0)
+
+    def done(self, endpoint: str, webhook_ids: list[str]) -> None:
+        if not webhook_ids:
+            return
+        ek = keys.endpoint(endpoint)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zrem(ek.parked, *webhook_ids)
+        pipe.hdel(ek.payloads, *webhook_ids)
+        pipe.execute()
+
+    def reschedule(self, endpoint: str, *, wait_s: float | None) -> None:
+        """After a pump pass: look again in ``wait_s``, or forget an empty line."""
+        if wait_s is None:
+            # Remove, then re-check: a park that races us either is seen by
+            # the re-check or indexes the endpoint again after our removal.
+            self._redis.zrem(keys.PARKED_ENDPOINTS, endpoint)
+            if self.backlog(endpoint) == 0:
+                return
+            wait_s = 0.0
+        self._redis.zadd(keys.PARKED_ENDPOINTS, {endpoint: _ms(time.time() + wait_s)})
+
+    def backlog(self, endpoint: str) -> int:
+        return int(self._redis.zcard(keys.endpoint(endpoint).parked))
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     outcome_retention_s: int = Field(
         7 * 24 * 3600, gt=0, description="How long a delivery's outcome record is kept."
     )
+    log_retention: int = Field(
+        7 * 24 * 3600, gt=0, description="Seconds the attempt log keeps a message's attempts."
+    )
     secret_rotation_overlap_s: int = Field(
         24 * 3600, ge=0, description="How long the old secret keeps signing after a rotation."
     )

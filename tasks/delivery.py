@@ -170,6 +170,8 @@ def deliver_webhook(
         retries=self.request.retries,
         waited_s=waited_s,
         place_ms=place_ms,
+        queue=(self.request.delivery_info or {}).get("routing_key") or "",
+        worker=self.request.hostname or "",
     )
     result = self.deliverer.attempt(job)
     if isinstance(result, Parked):

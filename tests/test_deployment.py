@@ -49,7 +49,7 @@ def test_compose_commands_match_the_procfile() -> None:
     services = compose()["services"]
     assert isinstance(services, dict)
 
-    for name in ("worker", "flower"):
+    for name in ("worker", "flower", "metrics"):
         assert services[name]["command"] == procfile()[name], name
 
 

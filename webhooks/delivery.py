@@ -8,6 +8,7 @@ letter. Everything here is plain Python, testable without a worker.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
@@ -16,6 +17,7 @@ import redis
 
 from config.settings import Settings
 from webhooks import backoff
+from webhooks.attempts import AttemptLog
 from webhooks.conversations import Conversation, ConversationStore
 from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import (
@@ -27,6 +29,8 @@ from webhooks.errors import (
     RetryableDeliveryError,
 )
 from webhooks.events import MessageEvent, event_body, parse_event
+from webhooks.metrics import Metrics
+from webhooks.observer import AttemptFacts, Observer
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.parking import ParkedDelivery, ParkingLot
 from webhooks.ratelimit import Denied, Granted, Limiter, Limits
@@ -53,6 +57,8 @@ class Job:
     retries: int  # retry budget used so far
     waited_s: float = 0.0  # time already spent waiting on 429s
     place_ms: int = 0  # place in the endpoint's waiting line, if it was parked
+    queue: str = ""  # where the task came from, for the attempt log
+    worker: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +119,7 @@ class Deliverer:
         limiter: Limiter | None,
         parking: ParkingLot,
         policy: DeliveryPolicy,
+        observer: Observer | None = None,
     ) -> None:
         self.sender = sender
         self.conversations = conversations
@@ -120,6 +127,7 @@ class Deliverer:
         self.limiter = limiter
         self.parking = parking
         self.policy = policy
+        self.observer = observer
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Deliverer:
@@ -137,6 +145,9 @@ class Deliverer:
             limiter=Limiter(client, lease_s=settings.lease_s) if settings.limits_enabled else None,
             parking=ParkingLot(client),
             policy=DeliveryPolicy.from_settings(settings),
+            observer=Observer(
+                AttemptLog(client, retention_s=settings.log_retention), Metrics(client)
+            ),
         )
 
     def attempt(self, job: Job) -> Delivered | Parked:
@@ -146,7 +157,12 @@ class Deliverer:
         when the attempt was made and failed.
         """
         parsed = _parse(job.event)
-        target = self._target(parsed, job.callback_url)
+        try:
+            target = self._target(parsed, job.callback_url)
+        except PermanentDeliveryError as exc:
+            endpoint = normalize_endpoint(job.callback_url) if job.callback_url else ""
+            self._observe(job, parsed, endpoint, time.time(), 0.0, error=exc)
+            raise
         grant = self._acquire(target)
         if isinstance(grant, Denied):
             return self._park(target, job, wait_s=grant.wait_s, reason=grant.reason)
@@ -157,17 +173,21 @@ class Deliverer:
             **signature_headers(target.secrets, job.webhook_id, body),
             **(grant.headers() if grant else {}),
         }
+        started = time.time()
         try:
             response = self.sender.post(target.url, body, headers)
         except DeliveryError as exc:
+            self._observe(job, parsed, target.endpoint, started, time.time() - started, error=exc)
             hold_s = self._hold_for(exc, job.retries)
             self._release(target, grant, hold_s)
             if exc.status == 429 and isinstance(exc, RetryableDeliveryError):
                 return self._back_off(target, job, exc, hold_s)
             raise
-        except BaseException:
+        except BaseException as exc:
+            self._observe(job, parsed, target.endpoint, started, time.time() - started, error=exc)
             self._release(target, grant, 0.0)
             raise
+        self._observe(job, parsed, target.endpoint, started, response.duration_s)
         self._release(target, grant, 0.0)
         self._record_delivered(parsed, job, target, response.status, response.duration_s)
         return Delivered(status=response.status, duration_s=response.duration_s)
@@ -185,19 +205,52 @@ class Deliverer:
         event_dict = event if isinstance(event, dict) else {}
         data = event_dict.get("data")
         kind = error.kind if isinstance(error, DeliveryError) else _kind_of(error)
+        url = callback_url or self._configured_url(event_dict.get("conversation_id"))
         outcome = Outcome(
             webhook_id=webhook_id,
             state="failed",
             conversation_id=_str_or_none(event_dict.get("conversation_id")),
             message_id=_str_or_none(data.get("id")) if isinstance(data, dict) else None,
-            url=callback_url,
+            url=url,
             attempts=attempts,
             status=error.status if isinstance(error, DeliveryError) else None,
             error_kind=str(kind),
             error=str(error)[:500] or type(error).__name__,
         )
         self.outcomes.failed(outcome, event=event, callback_url=callback_url)
+        if self.observer is not None:
+            self.observer.ended(normalize_endpoint(url) if url else "", delivered=False)
         return outcome
+
+    def _observe(
+        self,
+        job: Job,
+        event: MessageEvent,
+        endpoint: str,
+        started_at: float,
+        duration_s: float,
+        *,
+        error: BaseException | None = None,
+    ) -> None:
+        if self.observer is None:
+            return
+        facts = AttemptFacts(
+            webhook_id=job.webhook_id,
+            conversation_id=str(event.conversation_id),
+            message_id=str(event.data.id),
+            endpoint=endpoint,
+            attempt=job.attempt,
+            queue=job.queue,
+            worker=job.worker,
+        )
+        self.observer.attempted(facts, started_at=started_at, duration_s=duration_s, error=error)
+
+    def _configured_url(self, conversation_id: Any) -> str | None:
+        try:
+            found = self.conversations.get(str(conversation_id)) if conversation_id else None
+        except (redis.RedisError, ValueError):
+            return None
+        return found.config.callback_url if found else None
 
     def _acquire(self, target: _Target) -> Granted | Denied | None:
         if self.limiter is None:
@@ -283,6 +336,8 @@ class Deliverer:
             status=status,
             duration_s=round(duration_s, 6),
         )
+        if self.observer is not None:
+            self.observer.ended(target.endpoint, delivered=True)
         try:
             self.outcomes.delivered(outcome)
         except redis.RedisError:

@@ -13,13 +13,18 @@ from webhooks.endpoints import endpoint_tag
 __all__ = [
     "CONVERSATIONS",
     "DEAD_LETTERS",
+    "METRICS_ENDPOINTS",
+    "METRICS_TOTALS",
     "PARKED_ENDPOINTS",
     "PREFIX",
     "EndpointKeys",
+    "attempts_by_conversation",
+    "attempts_by_message",
     "conversation",
     "dead_letter",
     "delivery",
     "endpoint",
+    "metrics_minute",
 ]
 
 PREFIX = "webhooks"
@@ -31,6 +36,11 @@ DEAD_LETTERS = f"{PREFIX}:dead"
 #: Sorted set of endpoints with parked deliveries, scored by when (epoch ms)
 #: the pump should next look at them.
 PARKED_ENDPOINTS = f"{PREFIX}:parked"
+#: Metrics keys share the {metrics} hash tag: one script updates them all.
+#: Hash: "name\tendpoint\tlabel=value,..." -> running total.
+METRICS_TOTALS = f"{PREFIX}:{{metrics}}:totals"
+#: Set of endpoints that have their own metrics label (bounded).
+METRICS_ENDPOINTS = f"{PREFIX}:{{metrics}}:endpoints"
 
 
 def conversation(conversation_id: str) -> str:
@@ -41,6 +51,21 @@ def conversation(conversation_id: str) -> str:
 def delivery(webhook_id: str) -> str:
     """JSON: the latest outcome of one delivery; expires after the retention."""
     return f"{PREFIX}:delivery:{webhook_id}"
+
+
+def metrics_minute(minute: int) -> str:
+    """Hash like METRICS_TOTALS for one minute (epoch minute); expires after a day."""
+    return f"{PREFIX}:{{metrics}}:min:{minute}"
+
+
+def attempts_by_message(message_id: str) -> str:
+    """List of attempt records (JSON), newest first, capped, expiring."""
+    return f"{PREFIX}:log:msg:{message_id}"
+
+
+def attempts_by_conversation(conversation_id: str) -> str:
+    """List of attempt records (JSON), newest first, capped, expiring."""
+    return f"{PREFIX}:log:conv:{conversation_id}"
 
 
 def dead_letter(webhook_id: str) -> str:

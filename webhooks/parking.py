@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import redis
@@ -118,11 +118,16 @@ class ParkingLot:
             return Room(deliveries=[], wait_s=None)
         if head > 0:
             return Room(deliveries=[], wait_s=head / 1000)
-        pairs = reply[1:]
+        triples = reply[1:]
         deliveries, orphans = [], []
-        for webhook_id, payload in zip(pairs[::2], pairs[1::2], strict=True):
+        for webhook_id, payload, place in zip(
+            triples[::3], triples[1::3], triples[2::3], strict=True
+        ):
             if payload:
-                deliveries.append(ParkedDelivery.from_json(str(payload)))
+                # The place in line goes with the delivery, so that parking
+                # it again (no room after all, a 429) keeps it.
+                parked = ParkedDelivery.from_json(str(payload))
+                deliveries.append(replace(parked, place_ms=int(float(place))))
             else:
                 orphans.append(str(webhook_id))
         self.done(endpoint, orphans)  # ids without payload would block the line

@@ -3,9 +3,10 @@
 -- KEYS[6] limits   "limit window_ms max_concurrency", as the last park stored them
 -- ARGV[1] max_batch
 -- Returns {-1} when nothing is parked, {wait_ms} when there is no room yet,
--- else {0, id1, payload1, id2, payload2, ...}. Nothing is removed here: the
--- caller removes what it has republished, so a crash in between can only
--- duplicate, never lose.
+-- else {0, id1, payload1, place1, id2, payload2, place2, ...}, place being
+-- the delivery's place in line (ms), for it to keep if it is parked again.
+-- Nothing is removed here: the caller removes what it has republished, so a
+-- crash in between can only duplicate, never lose.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('ZCARD', KEYS[4]) == 0 then
@@ -34,10 +35,11 @@ if n <= 0 then
   local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   return {math.max(1, tonumber(first[2]) - now)}
 end
-local ids = redis.call('ZRANGE', KEYS[4], 0, n - 1)
+local head = redis.call('ZRANGE', KEYS[4], 0, n - 1, 'WITHSCORES')
 local result = {0}
-for _, id in ipairs(ids) do
-  table.insert(result, id)
-  table.insert(result, redis.call('HGET', KEYS[5], id) or '')
+for i = 1, #head, 2 do
+  table.insert(result, head[i])
+  table.insert(result, redis.call('HGET', KEYS[5], head[i]) or '')
+  table.insert(result, head[i + 1])
 end
 return result

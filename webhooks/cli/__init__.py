@@ -1,0 +1,57 @@
+"""The ``webhooks`` command: conversations, delivery logs, dead letters, metrics.
+
+Settings are read once here, at the edge, and passed down. Errors are one
+line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import redis
+from pydantic import ValidationError
+
+from config.settings import Settings
+from webhooks.cli import conversations, operations
+from webhooks.cli.context import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, Context
+from webhooks.errors import InvalidConfiguration
+from webhooks.store import connect
+
+__all__ = ["EXIT_INVALID", "EXIT_NOT_FOUND", "EXIT_UNAVAILABLE", "main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="webhooks", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    conversations.add_parser(commands)
+    operations.add_parsers(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        sys.stderr.write(f"error: invalid WEBHOOKS_ settings: {exc}\n")
+        return EXIT_INVALID
+    client = connect(settings.redis_url, socket_timeout_s=settings.redis_socket_timeout_s)
+    context = Context(settings=settings, store=client)
+    try:
+        if args.command == "conversations":
+            return conversations.run(args, context)
+        return operations.run(args, context)
+    except InvalidConfiguration as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_INVALID
+    except redis.RedisError as exc:
+        sys.stderr.write(f"error: cannot reach Redis at WEBHOOKS_REDIS_URL: {exc}\n")
+        return EXIT_UNAVAILABLE
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

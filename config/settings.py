@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from webhooks.ratelimit import Limits, RateLimit
@@ -81,8 +81,11 @@ class Settings(BaseSettings):
     outcome_retention_s: int = Field(
         7 * 24 * 3600, gt=0, description="How long a delivery's outcome record is kept."
     )
-    log_retention: int = Field(
-        7 * 24 * 3600, gt=0, description="Seconds the attempt log keeps a message's attempts."
+    log_retention_s: int = Field(
+        7 * 24 * 3600,
+        gt=0,
+        validation_alias=AliasChoices("WEBHOOKS_LOG_RETENTION", "log_retention_s"),
+        description="Seconds the attempt log keeps a message's attempts (WEBHOOKS_LOG_RETENTION).",
     )
     secret_rotation_overlap_s: int = Field(
         24 * 3600, ge=0, description="How long the old secret keeps signing after a rotation."

@@ -53,7 +53,7 @@ class AttemptLog:
 
     def record(self, record: AttemptRecord) -> None:
         line = record.to_json()
-        log.info(line)
+        log.info("%s", line)
         by_message = keys.attempts_by_message(record.message_id)
         by_conversation = keys.attempts_by_conversation(record.conversation_id)
         pipe = self._redis.pipeline(transaction=False)

@@ -146,7 +146,7 @@ class Deliverer:
             parking=ParkingLot(client),
             policy=DeliveryPolicy.from_settings(settings),
             observer=Observer(
-                AttemptLog(client, retention_s=settings.log_retention), Metrics(client)
+                AttemptLog(client, retention_s=settings.log_retention_s), Metrics(client)
             ),
         )
 
@@ -161,7 +161,7 @@ class Deliverer:
             target = self._target(parsed, job.callback_url)
         except PermanentDeliveryError as exc:
             endpoint = normalize_endpoint(job.callback_url) if job.callback_url else ""
-            self._observe(job, parsed, endpoint, time.time(), 0.0, error=exc)
+            self._observe(job, parsed, endpoint, time.time(), 0.0, error=exc, sent=False)
             raise
         grant = self._acquire(target)
         if isinstance(grant, Denied):
@@ -187,7 +187,9 @@ class Deliverer:
             self._observe(job, parsed, target.endpoint, started, time.time() - started, error=exc)
             self._release(target, grant, 0.0)
             raise
-        self._observe(job, parsed, target.endpoint, started, response.duration_s)
+        self._observe(
+            job, parsed, target.endpoint, started, response.duration_s, status=response.status
+        )
         self._release(target, grant, 0.0)
         self._record_delivered(parsed, job, target, response.status, response.duration_s)
         return Delivered(status=response.status, duration_s=response.duration_s)
@@ -230,7 +232,9 @@ class Deliverer:
         started_at: float,
         duration_s: float,
         *,
+        status: int | None = None,
         error: BaseException | None = None,
+        sent: bool = True,
     ) -> None:
         if self.observer is None:
             return
@@ -243,7 +247,14 @@ class Deliverer:
             queue=job.queue,
             worker=job.worker,
         )
-        self.observer.attempted(facts, started_at=started_at, duration_s=duration_s, error=error)
+        self.observer.attempted(
+            facts,
+            started_at=started_at,
+            duration_s=duration_s,
+            status=status,
+            error=error,
+            sent=sent,
+        )
 
     def _configured_url(self, conversation_id: Any) -> str | None:
         try:

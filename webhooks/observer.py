@@ -44,8 +44,14 @@ class Observer:
         duration_s: float,
         status: int | None = None,
         error: BaseException | None = None,
+        sent: bool = True,
     ) -> None:
-        """One attempt ended: ``error`` is None on success."""
+        """One attempt ended: ``error`` is None on success.
+
+        An attempt refused before any request (``sent=False``: no callback,
+        policy refusal) goes to the attempt log only: counting it as a 0 s
+        HTTP attempt would skew latency and error rates.
+        """
         outcome = "delivered" if error is None else _kind(error)
         if isinstance(error, DeliveryError):
             status = error.status
@@ -66,6 +72,8 @@ class Observer:
         )
         try:
             self._attempts.record(record)
+            if not sent:
+                return
             self._metrics.observe_attempt(
                 facts.endpoint,
                 result="success" if error is None else outcome,

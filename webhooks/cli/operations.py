@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from webhooks.attempts import AttemptLog, AttemptRecord
-from webhooks.cli.context import EXIT_INVALID, EXIT_NOT_FOUND, Context, print_json
+from webhooks.cli.context import (
+    EXIT_INVALID,
+    EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
+    Context,
+    print_json,
+)
 from webhooks.deadletters import DeadLetter, DeadLetters
 from webhooks.metrics import Metrics
 from webhooks.prometheus import render, serve
@@ -74,7 +80,7 @@ def _when(epoch: float) -> str:
 
 
 def _log(args: argparse.Namespace, context: Context) -> int:
-    attempts = AttemptLog(context.store, retention_s=context.settings.log_retention)
+    attempts = AttemptLog(context.store, retention_s=context.settings.log_retention_s)
     if args.message_id:
         records = attempts.for_message(args.message_id)
     else:
@@ -96,9 +102,11 @@ def _record_dict(record: AttemptRecord) -> dict[str, Any]:
 
 
 def _log_table(records: list[AttemptRecord]) -> str:
+    # Whole worker names: truncating "celery@host" would cut off the host.
+    width = max([20, *(len(r.worker) for r in records)])
     header = (
         f"{'started (UTC)':<24} {'message':<36} {'webhook-id':<36} {'#':>2} {'outcome':<17} "
-        f"{'status':>6} {'ms':>7}  {'queue':<9} {'worker':<20} endpoint / error / response"
+        f"{'status':>6} {'ms':>7}  {'queue':<9} {'worker':<{width}} endpoint / error / response"
     )
     lines = [header, "-" * len(header)]
     for r in records:
@@ -110,7 +118,7 @@ def _log_table(records: list[AttemptRecord]) -> str:
         lines.append(
             f"{_when(r.started_at):<24} {r.message_id:<36} {r.webhook_id:<36} {r.attempt:>2} "
             f"{r.outcome:<17} {r.status or '-':>6} {r.duration_s * 1000:>7.0f}  "
-            f"{r.queue:<9} {r.worker[:20]:<20} {detail}"
+            f"{r.queue:<9} {r.worker:<{width}} {detail}"
         )
     return "\n".join(lines)
 
@@ -136,9 +144,15 @@ def _dead(args: argparse.Namespace, context: Context) -> int:
     if not chosen:
         sys.stderr.write("nothing to replay\n")
         return EXIT_NOT_FOUND if args.message_id else 0
-    replayed = letters.replay(chosen, _republish)
+    replayed, failed = 0, 0
+    for letter in chosen:
+        try:
+            replayed += letters.replay([letter], _republish)
+        except Exception as exc:  # report each, go on with the rest
+            failed += 1
+            sys.stderr.write(f"error: {letter.webhook_id} not replayed, kept: {exc}\n")
     sys.stderr.write(f"replayed {replayed} delivery(ies) with their original webhook-id\n")
-    return 0
+    return EXIT_UNAVAILABLE if failed else 0
 
 
 def _letter_dict(letter: DeadLetter) -> dict[str, Any]:

@@ -1,0 +1,209 @@
+"""The attempt log (and the observer that writes it) against the session's real Redis.
+
+Each test runs on its own logical database of the session's Redis, emptied
+first, so counts and key lists are exact.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+import redis
+
+from webhooks import keys
+from webhooks.attempts import MAX_PER_CONVERSATION, MAX_PER_MESSAGE, AttemptLog, AttemptRecord
+from webhooks.errors import ErrorKind, PermanentDeliveryError, RetryableDeliveryError
+from webhooks.metrics import Metrics
+from webhooks.observer import AttemptFacts, Observer
+from webhooks.store import connect
+from webhooks.testing.redis_server import RedisServer
+
+DB = 11
+RETENTION_S = 3600
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    connection = connect(redis_server.url.rsplit("/", 1)[0] + f"/{DB}", socket_timeout_s=5)
+    connection.flushdb()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def log(client: redis.Redis) -> AttemptLog:
+    return AttemptLog(client, retention_s=RETENTION_S)
+
+
+def a_record(**changes: object) -> AttemptRecord:
+    base = AttemptRecord(
+        webhook_id="msg_" + uuid.uuid4().hex,
+        conversation_id=str(uuid.uuid4()),
+        message_id=str(uuid.uuid4()),
+        endpoint="https://receiver.example:443/hook",
+        attempt=1,
+        started_at=1_764_000_000.125,
+        duration_s=0.042,
+        outcome="delivered",
+        status=200,
+        error="",
+        response_excerpt="",
+        queue="webhooks",
+        worker="celery@host-a",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+# --- the log ------------------------------------------------------------------
+
+
+def test_attempts_of_a_message_come_back_oldest_first_with_every_field(log: AttemptLog) -> None:
+    first = a_record(attempt=1, outcome="http_5xx", status=500, error="receiver answered 500")
+    second = replace(first, attempt=2, outcome="connection", status=None, error="dropped")
+    third = replace(first, attempt=3, outcome="delivered", status=200, error="")
+
+    for record in (first, second, third):
+        log.record(record)
+
+    assert log.for_message(first.message_id) == [first, second, third]
+    assert log.for_conversation(first.conversation_id) == [first, second, third]
+
+
+def test_a_conversation_lists_all_its_messages_and_a_message_only_its_own(
+    log: AttemptLog,
+) -> None:
+    one = a_record()
+    other = replace(a_record(), conversation_id=one.conversation_id)
+    stranger = a_record()
+
+    for record in (one, other, stranger):
+        log.record(record)
+
+    assert log.for_conversation(one.conversation_id) == [one, other]
+    assert log.for_message(one.message_id) == [one]
+    assert log.for_message(stranger.message_id) == [stranger]
+
+
+def test_an_unknown_message_has_no_attempts(log: AttemptLog) -> None:
+    assert log.for_message(str(uuid.uuid4())) == []
+    assert log.for_conversation(str(uuid.uuid4())) == []
+
+
+def test_a_message_keeps_only_its_newest_attempts(log: AttemptLog) -> None:
+    first = a_record()
+    extra = 5
+
+    for n in range(1, MAX_PER_MESSAGE + extra + 1):
+        log.record(replace(first, attempt=n))
+
+    kept = log.for_message(first.message_id)
+    assert [r.attempt for r in kept] == list(range(extra + 1, MAX_PER_MESSAGE + extra + 1))
+
+
+def test_a_conversation_keeps_only_its_newest_attempts(log: AttemptLog) -> None:
+    cid = str(uuid.uuid4())
+    extra = 3
+
+    for n in range(MAX_PER_CONVERSATION + extra):
+        log.record(a_record(conversation_id=cid, message_id=f"m{n}"))
+
+    kept = log.for_conversation(cid)
+    assert len(kept) == MAX_PER_CONVERSATION
+    assert kept[0].message_id == f"m{extra}"
+    assert kept[-1].message_id == f"m{MAX_PER_CONVERSATION + extra - 1}"
+
+
+def test_both_lists_expire_after_the_retention_and_each_attempt_renews_it(
+    log: AttemptLog, client: redis.Redis
+) -> None:
+    record = a_record()
+    by_message = keys.attempts_by_message(record.message_id)
+    by_conversation = keys.attempts_by_conversation(record.conversation_id)
+
+    log.record(record)
+    client.expire(by_message, 10)
+    log.record(replace(record, attempt=2))
+
+    for key in (by_message, by_conversation):
+        assert RETENTION_S - 5 < client.ttl(key) <= RETENTION_S
+
+
+def test_each_record_is_also_one_json_log_line(
+    log: AttemptLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    record = a_record(outcome="http_5xx", status=503, response_excerpt="try later")
+
+    with caplog.at_level("INFO", logger="webhooks.attempts"):
+        log.record(record)
+
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "webhooks.attempts"]
+    assert lines == [json.loads(record.to_json())]
+    assert lines[0]["webhook_id"] == record.webhook_id
+
+
+# --- the observer that feeds it -------------------------------------------------
+
+
+def facts(attempt: int = 1) -> AttemptFacts:
+    return AttemptFacts(
+        webhook_id="msg_" + uuid.uuid4().hex,
+        conversation_id=str(uuid.uuid4()),
+        message_id=str(uuid.uuid4()),
+        endpoint="https://receiver.example:443/hook",
+        attempt=attempt,
+        queue="webhooks",
+        worker="celery@host-a",
+    )
+
+
+def test_the_observer_records_a_failed_attempt_with_its_status_kind_and_excerpt(
+    client: redis.Redis, log: AttemptLog
+) -> None:
+    observer = Observer(log, Metrics(client))
+    given = facts(attempt=2)
+    error = RetryableDeliveryError(
+        "receiver answered HTTP 502", kind=ErrorKind.HTTP_5XX, status=502, response_excerpt="bad"
+    )
+
+    observer.attempted(given, started_at=100.0, duration_s=0.25, error=error)
+
+    (record,) = log.for_message(given.message_id)
+    assert (record.outcome, record.status, record.response_excerpt) == ("http_5xx", 502, "bad")
+    assert record.error == "receiver answered HTTP 502"
+    assert (record.attempt, record.queue, record.worker) == (2, "webhooks", "celery@host-a")
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (RetryableDeliveryError("429", kind=ErrorKind.HTTP_4XX, status=429), "rate_limited"),
+        (RetryableDeliveryError("dropped", kind=ErrorKind.CONNECTION), "connection"),
+        (PermanentDeliveryError("no url", kind=ErrorKind.NO_CALLBACK), "no_callback"),
+        (RuntimeError("bug"), "internal"),
+    ],
+)
+def test_the_observer_names_the_error_kind(
+    client: redis.Redis, log: AttemptLog, error: BaseException, outcome: str
+) -> None:
+    given = facts()
+
+    Observer(log, Metrics(client)).attempted(given, started_at=1.0, duration_s=0.1, error=error)
+
+    assert [r.outcome for r in log.for_message(given.message_id)] == [outcome]
+
+
+def test_the_observer_swallows_a_redis_outage(redis_server: RedisServer) -> None:
+    # Given an observer whose Redis went away after it was built
+    dead = connect(redis_server.url.rsplit("/", 1)[0] + f"/{DB}", socket_timeout_s=0.5)
+    observer = Observer(AttemptLog(dead, retention_s=60), Metrics(dead))
+    dead.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
+    dead.connection_pool.disconnect()
+
+    # When an attempt and the end of a delivery are reported, Then nothing is raised
+    observer.attempted(facts(), started_at=1.0, duration_s=0.1)
+    observer.ended("https://receiver.example:443/hook", delivered=True)
+    dead.close()

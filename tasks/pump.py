@@ -17,7 +17,7 @@ from celery import bootsteps
 
 from config.celery_app import app
 from tasks.delivery import deliver_webhook
-from webhooks.parking import ParkingLot
+from webhooks.parking import ParkedDelivery, ParkingLot
 from webhooks.store import connect
 
 __all__ = ["ParkedDeliveryPump", "Pump"]
@@ -51,7 +51,7 @@ class Pump:
 
     def _release(self, endpoint: str) -> int:
         room = self._lot.take(endpoint, max_batch=MAX_BATCH)
-        published: list[str] = []
+        published: list[ParkedDelivery] = []
         try:
             for delivery in room.deliveries:
                 deliver_webhook.apply_async(
@@ -65,7 +65,7 @@ class Pump:
                     },
                     retries=delivery.retries,
                 )
-                published.append(delivery.webhook_id)
+                published.append(delivery)
         finally:
             self._lot.done(endpoint, published)
         self._lot.reschedule(endpoint, wait_s=SETTLE_S if published else room.wait_s)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -38,6 +39,7 @@ class ParkedDelivery:
     retries: int  # retry budget used so far
     waited_s: float  # time spent waiting on a receiver's 429s so far
     place_ms: int = 0  # place in line, kept when parked again
+    parked_id: str = ""  # new on every park: tells a park again from the one taken
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -60,6 +62,7 @@ class ParkingLot:
         self._redis = client
         self._park = load_script(client, "park")
         self._unpark = load_script(client, "unpark")
+        self._done = load_script(client, "done")
 
     def park(
         self, endpoint: str, delivery: ParkedDelivery, limits: Limits, *, wait_s: float
@@ -72,10 +75,11 @@ class ParkingLot:
         stored_limits = (
             f"{limits.rate.count} {limits.rate.window_s * 1000} {limits.max_concurrency}"
         )
+        stamped = replace(delivery, parked_id=uuid.uuid4().hex)
         pipe = self._redis.pipeline(transaction=False)
         self._park(
             keys=ek.for_script(),
-            args=[delivery.webhook_id, delivery.to_json(), delivery.place_ms, stored_limits],
+            args=[delivery.webhook_id, stamped.to_json(), delivery.place_ms, stored_limits],
             client=pipe,
         )
         # Indexed after the line holds the delivery: a crash in between leaves
@@ -119,7 +123,8 @@ class ParkingLot:
         if head > 0:
             return Room(deliveries=[], wait_s=head / 1000)
         triples = reply[1:]
-        deliveries, orphans = [], []
+        deliveries: list[ParkedDelivery] = []
+        orphans: list[str] = []
         for webhook_id, payload, place in zip(
             triples[::3], triples[1::3], triples[2::3], strict=True
         ):
@@ -130,17 +135,25 @@ class ParkingLot:
                 deliveries.append(replace(parked, place_ms=int(float(place))))
             else:
                 orphans.append(str(webhook_id))
-        self.done(endpoint, orphans)  # ids without payload would block the line
+        # Ids without payload would block the line.
+        self._remove(endpoint, [(webhook_id, "") for webhook_id in orphans])
         return Room(deliveries=deliveries, wait_s=0.0)
 
-    def done(self, endpoint: str, webhook_ids: list[str]) -> None:
-        if not webhook_ids:
+    def done(self, endpoint: str, released: list[ParkedDelivery]) -> None:
+        """Remove ``released`` (as taken) from the line, once republished.
+
+        A delivery parked again since it was taken (its task ran, found no
+        room, and parked it before this call) stays: it has no other copy.
+        """
+        self._remove(endpoint, [(d.webhook_id, d.parked_id) for d in released])
+
+    def _remove(self, endpoint: str, taken: list[tuple[str, str]]) -> None:
+        if not taken:
             return
-        ek = keys.endpoint(endpoint)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.zrem(ek.parked, *webhook_ids)
-        pipe.hdel(ek.payloads, *webhook_ids)
-        pipe.execute()
+        self._done(
+            keys=keys.endpoint(endpoint).for_script(),
+            args=[value for pair in taken for value in pair],
+        )
 
     def reschedule(self, endpoint: str, *, wait_s: float | None) -> None:
         """After a pump pass: look again in ``wait_s``, or forget an empty line."""

@@ -22,9 +22,13 @@ from celery import Celery
 
 from config.settings import Settings
 
-__all__ = ["QUEUE", "WebhooksCelery", "app", "create_app"]
+__all__ = ["QUEUE", "RELEASED_QUEUE", "WebhooksCelery", "app", "create_app"]
 
 QUEUE = "webhooks"
+#: Deliveries the pump releases from an endpoint's waiting line. Workers
+#: consume it beside QUEUE (kombu alternates between a worker's queues), so a
+#: released delivery does not wait again behind the whole QUEUE backlog.
+RELEASED_QUEUE = "webhooks.released"
 
 
 class WebhooksCelery(Celery):  # type: ignore[misc]

@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from config.celery_app import app
+from config.celery_app import RELEASED_QUEUE, app
 from tasks.delivery import deliver_webhook
 from webhooks.parking import ParkedDelivery, ParkingLot
 from webhooks.store import connect
@@ -64,6 +64,7 @@ class Pump:
                         "place_ms": delivery.place_ms,
                     },
                     retries=delivery.retries,
+                    queue=RELEASED_QUEUE,
                 )
                 published.append(delivery)
         finally:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from config.celery_app import QUEUE, app
+from config.celery_app import RELEASED_QUEUE, app
 from config.settings import Settings
 from tasks.delivery import deliver_webhook
 from tasks.pump import SETTLE_S, Pump
@@ -78,7 +78,7 @@ class Published:
 def queued(client: redis.Redis) -> list[Published]:
     """The queue's messages, oldest first (kombu LPUSHes, workers BRPOP)."""
     found = []
-    for raw in reversed(client.lrange(QUEUE, 0, -1)):
+    for raw in reversed(client.lrange(RELEASED_QUEUE, 0, -1)):
         message = json.loads(raw)
         assert message["properties"]["body_encoding"] == "base64"
         _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
@@ -131,11 +131,11 @@ def test_tick_republishes_parked_deliveries_with_their_progress(
     # When the pump ticks
     released = Pump(lot, owner="pump-a").tick()
 
-    # Then all three are in the webhooks queue, in line order, as deliver_webhook
+    # Then all three are in the released queue, in line order, as deliver_webhook
     # tasks that carry the delivery's progress (the retry budget used in the
     # Celery `retries` header, the place in line for a park again)
     assert released == 3
-    assert client.llen(QUEUE) == 3
+    assert client.llen(RELEASED_QUEUE) == 3
     messages = queued(client)
     assert [m.task_id for m in messages] == [i.webhook_id for i in items]
     for item, message in zip(items, messages, strict=True):
@@ -173,7 +173,7 @@ def test_a_tick_on_an_emptied_line_forgets_the_endpoint(
 
     # Then the endpoint is no longer indexed, and nothing more was published
     assert index_score(client, endpoint) is None
-    assert client.llen(QUEUE) == 1
+    assert client.llen(RELEASED_QUEUE) == 1
 
 
 def test_tick_releases_only_what_the_endpoint_has_room_for(
@@ -209,7 +209,7 @@ def test_an_endpoint_without_room_is_rescheduled_not_emptied(
     # Then nothing is published, both stay parked, and the endpoint is looked
     # at again when the holder's lease would run out, not before
     assert released == 0
-    assert client.llen(QUEUE) == 0
+    assert client.llen(RELEASED_QUEUE) == 0
     assert lot.backlog(endpoint) == 2
     score = index_score(client, endpoint)
     assert score is not None
@@ -257,7 +257,7 @@ def test_a_claimed_endpoint_is_left_to_its_pump(
 
     # Then it leaves the endpoint alone
     assert released == 0
-    assert client.llen(QUEUE) == 0
+    assert client.llen(RELEASED_QUEUE) == 0
     assert lot.backlog(endpoint) == 2
 
 
@@ -329,7 +329,7 @@ def test_a_delivery_parked_again_before_the_pump_is_done_is_kept(
             ROOMY,
             wait_s=0,
         )
-        client.rpop(QUEUE)  # the worker consumed the message
+        client.rpop(RELEASED_QUEUE)  # the worker consumed the message
         again.append(kwargs["webhook_id"])
         return result
 
@@ -341,7 +341,7 @@ def test_a_delivery_parked_again_before_the_pump_is_done_is_kept(
     # Then both deliveries are still parked, in their places: the queue has no
     # copy of them, so removing them now would lose them for good
     assert again == [i.webhook_id for i in items]
-    assert client.llen(QUEUE) == 0
+    assert client.llen(RELEASED_QUEUE) == 0
     assert lot.backlog(endpoint) == 2
     assert [d.webhook_id for d in lot.take(endpoint, max_batch=10).deliveries] == again
 

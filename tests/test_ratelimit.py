@@ -354,6 +354,27 @@ def test_release_reports_the_parked_line(
     assert limiter.release(endpoint, second.token) == 2
 
 
+@pytest.mark.usefixtures("cleanup")
+def test_a_fresh_delivery_joins_a_non_empty_line(
+    limiter: Limiter, redis_client: redis.Redis, endpoint: str
+) -> None:
+    # Given an endpoint with room, but a delivery waiting in its line
+    rule = limits(1000, window_s=60, max_concurrency=10)
+    redis_client.zadd(keys.endpoint(endpoint).parked, {"wh_waiting": 1})
+
+    # When a fresh delivery and one released from the line ask for a slot
+    fresh = denied(limiter.acquire(endpoint, rule))
+    released = limiter.acquire(endpoint, rule, from_line=True)
+
+    # Then the fresh one must queue behind the line; the released one goes
+    assert fresh.reason == "line"
+    assert isinstance(released, Granted)
+
+    # And once the line is empty, fresh deliveries go straight through again
+    redis_client.delete(keys.endpoint(endpoint).parked)
+    assert isinstance(limiter.acquire(endpoint, rule), Granted)
+
+
 # --- headers ----------------------------------------------------------------------
 
 

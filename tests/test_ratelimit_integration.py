@@ -23,7 +23,7 @@ from typing import cast
 import pytest
 import redis
 
-from config.celery_app import QUEUE, app
+from config.celery_app import QUEUE, RELEASED_QUEUE, app
 from config.settings import Settings
 from tasks import deliver_webhook
 from tests.conftest import make_event, registered, unique_path, worker_env
@@ -88,6 +88,7 @@ class Broker:
         def settled() -> bool:
             return (
                 self.client.llen(QUEUE) == 0
+                and self.client.llen(RELEASED_QUEUE) == 0
                 and self.client.hlen(UNACKED_KEY) == 0
                 and all(lot.backlog(e) == 0 for e in endpoints)
             )

@@ -163,7 +163,7 @@ class Deliverer:
             endpoint = normalize_endpoint(job.callback_url) if job.callback_url else ""
             self._observe(job, parsed, endpoint, time.time(), 0.0, error=exc, sent=False)
             raise
-        grant = self._acquire(target)
+        grant = self._acquire(target, job)
         if isinstance(grant, Denied):
             return self._park(target, job, wait_s=grant.wait_s, reason=grant.reason)
         body = event_body(parsed)
@@ -263,11 +263,11 @@ class Deliverer:
             return None
         return found.config.callback_url if found else None
 
-    def _acquire(self, target: _Target) -> Granted | Denied | None:
+    def _acquire(self, target: _Target, job: Job) -> Granted | Denied | None:
         if self.limiter is None:
             return None
         try:
-            return self.limiter.acquire(target.endpoint, target.limits)
+            return self.limiter.acquire(target.endpoint, target.limits, from_line=job.place_ms > 0)
         except redis.RedisError as exc:
             raise RetryableDeliveryError(
                 f"cannot reach the rate limiter: {exc}", kind=ErrorKind.INTERNAL

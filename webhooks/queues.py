@@ -9,7 +9,7 @@ from webhooks import keys
 __all__ = ["QUEUES", "dead_letter_count", "queue_depths"]
 
 #: Broker queues (kombu keeps each as a Redis list of that name).
-QUEUES = ("webhooks", "webhooks.slow")
+QUEUES = ("webhooks", "webhooks.released", "webhooks.slow")
 
 
 def queue_depths(broker: redis.Redis, store: redis.Redis) -> dict[str, int]:

@@ -88,7 +88,12 @@ class Limiter:
         self._acquire = load_script(client, "acquire")
         self._release = load_script(client, "release")
 
-    def acquire(self, endpoint: str, limits: Limits) -> Granted | Denied:
+    def acquire(
+        self, endpoint: str, limits: Limits, *, from_line: bool = False
+    ) -> Granted | Denied:
+        """``from_line``: the delivery was released from the endpoint's waiting
+        line; a fresh one is refused while that line is not empty.
+        """
         token = uuid.uuid4().hex
         ek = keys.endpoint(endpoint)
         granted, value, extra = self._acquire(
@@ -99,6 +104,7 @@ class Limiter:
                 limits.max_concurrency,
                 self._lease_ms,
                 token,
+                1 if from_line else 0,
             ],
         )
         if granted:

@@ -2,13 +2,15 @@
 -- KEYS[1] window   zset  attempt token -> start ms (sliding window log)
 -- KEYS[2] inflight zset  attempt token -> lease expiry ms
 -- KEYS[3] hold     string no attempt before this ms (receiver's Retry-After)
+-- KEYS[4] parked   zset   the endpoint's waiting line
 -- ARGV[1] limit          attempts allowed per window
 -- ARGV[2] window_ms
 -- ARGV[3] max_concurrency
 -- ARGV[4] lease_ms       how long a slot survives a worker that died holding it
 -- ARGV[5] token          unique per attempt
+-- ARGV[6] from_line      1 if the pump released this delivery from the line
 -- Returns {1, remaining, reset_ms} when granted,
---         {0, wait_ms, reason} when not (reason: hold | concurrency | rate).
+--         {0, wait_ms, reason} when not (reason: hold | line | concurrency | rate).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[1])
@@ -19,6 +21,13 @@ local lease = tonumber(ARGV[4])
 local hold = tonumber(redis.call('GET', KEYS[3]) or '0')
 if hold > now then
   return {0, hold - now, 'hold'}
+end
+
+-- A fresh delivery joins the back of a non-empty line instead of taking
+-- the slot a waiting one is about to get: otherwise a steady stream of new
+-- events would starve the line.
+if ARGV[6] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then
+  return {0, 1, 'line'}
 end
 
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)

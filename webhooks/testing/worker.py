@@ -16,7 +16,7 @@ from config.settings import child_environment
 __all__ = ["WORKER_ARGS", "WorkerProcess"]
 
 #: The Procfile's ``worker`` command after ``celery``; a test keeps them equal.
-WORKER_ARGS = ("-A", "config.celery_app", "worker", "-Q", "webhooks")
+WORKER_ARGS = ("-A", "config.celery_app", "worker", "-Q", "webhooks,webhooks.released")
 
 
 class WorkerProcess:

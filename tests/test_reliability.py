@@ -349,15 +349,6 @@ def test_a_retry_pending_across_a_redis_restart_is_kept_and_delivered(
     assert len(receiver.received(path)) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "celery/kombu 5.7.0: a worker that loses Redis while it waits in BRPOP and holds an "
-        "unacknowledged message exits: Unrecoverable error: AttributeError(\"'NoneType' object "
-        "has no attribute 'hostname'\"), raised by Channel.close -> restore_unacked_once"
-    ),
-)
 def test_a_worker_holding_a_retry_survives_a_redis_restart(
     broker: Broker, workers: Callable[..., WorkerProcess], receiver: Receiver
 ) -> None:

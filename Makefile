@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test lint mypy pytest clean
+.PHONY: all demo test lint mypy pytest clean bench venv
 
 all: test
 
@@ -35,3 +35,7 @@ pytest: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo
+
+## make bench: benchmark scripts (not part of `make test`); reports go to bench-results/.
+bench: $(STAMP)
+	$(BIN)/python -m bench.ratelimit_overhead

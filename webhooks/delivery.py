@@ -18,14 +18,13 @@ import redis
 from config.settings import Settings
 from webhooks import backoff
 from webhooks.attempts import AttemptLog
-from webhooks.conversations import Conversation, ConversationStore
+from webhooks.conversations import ConversationStore
 from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import (
     DeliveryError,
     ErrorKind,
     InvalidEvent,
     PermanentDeliveryError,
-    PolicyRefusal,
     RetryableDeliveryError,
 )
 from webhooks.events import MessageEvent, event_body, parse_event
@@ -33,11 +32,11 @@ from webhooks.metrics import Metrics
 from webhooks.observer import AttemptFacts, Observer
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.parking import ParkedDelivery, ParkingLot
-from webhooks.ratelimit import Denied, Granted, Limiter, Limits
+from webhooks.ratelimit import Denied, Granted, Limiter
 from webhooks.sender import Sender
 from webhooks.signing import signature_headers
 from webhooks.store import connect
-from webhooks.urlpolicy import check_url
+from webhooks.targets import DeliveryPolicy, Target, resolve_target
 
 __all__ = ["USER_AGENT", "Delivered", "Deliverer", "DeliveryPolicy", "Job", "Parked"]
 
@@ -73,38 +72,6 @@ class Parked:
 
     wait_s: float
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryPolicy:
-    allow_http: bool
-    allow_private: bool
-    default_secret: str | None
-    default_limits: Limits
-    retry_schedule: tuple[float, ...]
-    retry_after_cap_s: float
-    max_rate_limited_wait_s: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> DeliveryPolicy:
-        secret = settings.signing_secret
-        return cls(
-            allow_http=settings.allow_http,
-            allow_private=settings.allow_private_networks,
-            default_secret=secret.get_secret_value() if secret else None,
-            default_limits=settings.default_limits,
-            retry_schedule=settings.retry_schedule,
-            retry_after_cap_s=settings.retry_after_cap_s,
-            max_rate_limited_wait_s=settings.max_rate_limited_wait_s,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    url: str
-    endpoint: str
-    secrets: list[str]
-    limits: Limits
 
 
 class Deliverer:
@@ -158,7 +125,7 @@ class Deliverer:
         """
         parsed = _parse(job.event)
         try:
-            target = self._target(parsed, job.callback_url)
+            target = resolve_target(parsed, job.callback_url, self.conversations, self.policy)
         except PermanentDeliveryError as exc:
             endpoint = normalize_endpoint(job.callback_url) if job.callback_url else ""
             self._observe(job, parsed, endpoint, time.time(), 0.0, error=exc, sent=False)
@@ -263,7 +230,7 @@ class Deliverer:
             return None
         return found.config.callback_url if found else None
 
-    def _acquire(self, target: _Target, job: Job) -> Granted | Denied | None:
+    def _acquire(self, target: Target, job: Job) -> Granted | Denied | None:
         if self.limiter is None:
             return None
         try:
@@ -273,7 +240,7 @@ class Deliverer:
                 f"cannot reach the rate limiter: {exc}", kind=ErrorKind.INTERNAL
             ) from exc
 
-    def _release(self, target: _Target, grant: Granted | None, hold_s: float) -> None:
+    def _release(self, target: Target, grant: Granted | None, hold_s: float) -> None:
         if grant is None or self.limiter is None:
             return
         try:
@@ -293,7 +260,7 @@ class Deliverer:
         return min(wait or 0.0, self.policy.retry_after_cap_s)
 
     def _back_off(
-        self, target: _Target, job: Job, exc: RetryableDeliveryError, hold_s: float
+        self, target: Target, job: Job, exc: RetryableDeliveryError, hold_s: float
     ) -> Parked:
         """A 429 is back-pressure: wait as asked, without using the retry budget."""
         waited = job.waited_s + hold_s
@@ -316,7 +283,7 @@ class Deliverer:
         )
         return self._park(target, later, wait_s=max(hold_s, 0.001), reason="retry_after")
 
-    def _park(self, target: _Target, job: Job, *, wait_s: float, reason: str) -> Parked:
+    def _park(self, target: Target, job: Job, *, wait_s: float, reason: str) -> Parked:
         delivery = ParkedDelivery(
             event=job.event,
             callback_url=job.callback_url,
@@ -335,7 +302,7 @@ class Deliverer:
         return Parked(wait_s=wait_s, reason=reason)
 
     def _record_delivered(
-        self, event: MessageEvent, job: Job, target: _Target, status: int, duration_s: float
+        self, event: MessageEvent, job: Job, target: Target, status: int, duration_s: float
     ) -> None:
         outcome = Outcome(
             webhook_id=job.webhook_id,
@@ -355,42 +322,6 @@ class Deliverer:
             # The receiver has it; failing the task now would dead-letter a
             # delivered event. The log line is the record.
             log.exception("delivered %s but could not record the outcome", job.webhook_id)
-
-    def _target(self, event: MessageEvent, callback_url: str | None) -> _Target:
-        try:
-            conversation: Conversation | None = self.conversations.get(str(event.conversation_id))
-        except redis.RedisError as exc:
-            # Nothing was sent yet; another attempt may find Redis back.
-            raise RetryableDeliveryError(
-                f"cannot read the conversation configuration: {exc}", kind=ErrorKind.INTERNAL
-            ) from exc
-        url = callback_url or (conversation.config.callback_url if conversation else None)
-        if not url:
-            raise PermanentDeliveryError(
-                f"conversation {event.conversation_id} has no configuration and the event "
-                "has no callback_url",
-                kind=ErrorKind.NO_CALLBACK,
-            )
-        policy = self.policy
-        try:
-            check_url(url, allow_http=policy.allow_http, allow_private=policy.allow_private)
-        except PolicyRefusal as exc:
-            raise PermanentDeliveryError(str(exc), kind=ErrorKind.REFUSED_BY_POLICY) from exc
-        except ValueError as exc:
-            raise PermanentDeliveryError(str(exc), kind=ErrorKind.NO_CALLBACK) from exc
-        if conversation is not None:
-            secrets = conversation.signing_secrets()
-            limits = conversation.config.limits(policy.default_limits)
-        elif policy.default_secret:
-            secrets = [policy.default_secret]
-            limits = policy.default_limits
-        else:
-            raise PermanentDeliveryError(
-                f"conversation {event.conversation_id} is not registered, so it has no signing "
-                "secret; register it or set WEBHOOKS_SIGNING_SECRET",
-                kind=ErrorKind.NO_SECRET,
-            )
-        return _Target(url=url, endpoint=normalize_endpoint(url), secrets=secrets, limits=limits)
 
 
 def conversation_store(client: redis.Redis, settings: Settings) -> ConversationStore:

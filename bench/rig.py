@@ -1,0 +1,148 @@
+"""Real parts for benchmarks: a fresh Redis, a fast HTTPS receiver, a producer.
+
+Also the few probes a benchmark reads: Redis command counts and CPU, a
+process's resident memory, duplicate deliveries at the receiver.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from config.celery_app import app
+from config.settings import Settings
+from tasks import deliver_webhook
+from webhooks.delivery import conversation_store
+from webhooks.endpoints import normalize_endpoint
+from webhooks.testing.receiver import Receiver, TestCA
+from webhooks.testing.redis_server import RedisServer
+
+__all__ = [
+    "PATH",
+    "UNACKED",
+    "Rig",
+    "busiest_window",
+    "commandstats",
+    "cpu_s",
+    "duplicates",
+    "enqueue",
+    "redis_cpu_s",
+    "rig",
+    "vmrss_kb",
+    "wait_until",
+]
+
+PATH = "/hook"
+UNACKED = "unacked"  # kombu's hash of delivered, unacknowledged messages
+
+
+@dataclass(frozen=True)
+class Rig:
+    client: redis.Redis
+    receiver: Receiver
+    conversation_id: str
+    endpoint: str
+    env: dict[str, str]
+
+
+@contextmanager
+def rig(ca: TestCA, overrides: dict[str, str]) -> Iterator[Rig]:
+    """A fresh Redis and receiver, the producer pointed at them, one conversation."""
+    with ExitStack() as stack:
+        server = stack.enter_context(RedisServer())
+        receiver = stack.enter_context(Receiver(ca.server_context()))
+        settings = Settings(
+            redis_url=server.url, broker_url=server.url, allow_private_networks=True
+        )
+        app.configure(settings)
+        client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=30)
+        stack.callback(client.close)
+        cid = str(uuid.uuid4())
+        url = receiver.url(PATH)
+        conversation_store(client, settings).set(cid, {"config": {"callback_url": url}})
+        env = {
+            "WEBHOOKS_REDIS_URL": server.url,
+            "WEBHOOKS_BROKER_URL": server.url,
+            "WEBHOOKS_CA_BUNDLE": str(ca.pem_path),
+            "WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",
+            **overrides,
+        }
+        yield Rig(client, receiver, cid, normalize_endpoint(url), env)
+
+
+def enqueue(r: Rig, count: int) -> list[str]:
+    """Publish ``count`` events through ``delay()``; returns their webhook ids in order."""
+    now = datetime.now(UTC).isoformat()
+    message = {"content": "bench", "content_type": "TEXT", "type": "USER_INPUT",
+               "channel": "API", "status": "RECEIVED", "created_by": "bench",
+               "updated_by": "bench", "created_at": now, "updated_at": now}  # fmt: skip
+    ids = []
+    for _ in range(count):
+        event = {"conversation_id": r.conversation_id, "timestamp": now,
+                 "data": {"id": str(uuid.uuid4()), **message}}  # fmt: skip
+        ids.append(str(deliver_webhook.delay(event).id))
+    return ids
+
+
+def commandstats(client: redis.Redis) -> Counter[str]:
+    stats: dict[str, dict[str, Any]] = client.info("commandstats")
+    calls = Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
+    del calls["config|resetstat"]
+    return calls
+
+
+def redis_cpu_s(client: redis.Redis) -> float:
+    cpu: dict[str, Any] = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def duplicates(receiver: Receiver) -> int:
+    seen = Counter(r.headers.get("webhook-id") for r in receiver.received())
+    return sum(n - 1 for n in seen.values() if n > 1)
+
+
+def busiest_window(times: list[float], window_s: float) -> int:
+    """The most requests any ``window_s`` sliding window saw."""
+    ordered, start, best = sorted(times), 0, 0
+    for end, t in enumerate(ordered):
+        while ordered[start] <= t - window_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout_s:.0f} s; is the worker stuck?")
+        time.sleep(0.05)
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds these processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def vmrss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return 0

@@ -1,0 +1,98 @@
+"""Where an event goes and how it is signed and limited: its target.
+
+Resolved on every attempt, from the conversation's configuration in Redis
+(or the event's explicit ``callback_url``), so a changed callback, rotated
+secret or new limit applies to the very next attempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from config.settings import Settings
+from webhooks.conversations import Conversation, ConversationStore
+from webhooks.endpoints import normalize_endpoint
+from webhooks.errors import ErrorKind, PermanentDeliveryError, PolicyRefusal, RetryableDeliveryError
+from webhooks.events import MessageEvent
+from webhooks.ratelimit import Limits
+from webhooks.urlpolicy import check_url
+
+__all__ = ["DeliveryPolicy", "Target", "resolve_target"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """The settings one delivery attempt depends on, read once per process."""
+
+    allow_http: bool
+    allow_private: bool
+    default_secret: str | None
+    default_limits: Limits
+    retry_schedule: tuple[float, ...]
+    retry_after_cap_s: float
+    max_rate_limited_wait_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeliveryPolicy:
+        secret = settings.signing_secret
+        return cls(
+            allow_http=settings.allow_http,
+            allow_private=settings.allow_private_networks,
+            default_secret=secret.get_secret_value() if secret else None,
+            default_limits=settings.default_limits,
+            retry_schedule=settings.retry_schedule,
+            retry_after_cap_s=settings.retry_after_cap_s,
+            max_rate_limited_wait_s=settings.max_rate_limited_wait_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    url: str
+    endpoint: str
+    secrets: list[str]
+    limits: Limits
+
+
+def resolve_target(
+    event: MessageEvent,
+    callback_url: str | None,
+    conversations: ConversationStore,
+    policy: DeliveryPolicy,
+) -> Target:
+    """The event's target; raise a :class:`DeliveryError` if it has none usable."""
+    try:
+        conversation: Conversation | None = conversations.get(str(event.conversation_id))
+    except redis.RedisError as exc:
+        # Nothing was sent yet; another attempt may find Redis back.
+        raise RetryableDeliveryError(
+            f"cannot read the conversation configuration: {exc}", kind=ErrorKind.INTERNAL
+        ) from exc
+    url = callback_url or (conversation.config.callback_url if conversation else None)
+    if not url:
+        raise PermanentDeliveryError(
+            f"conversation {event.conversation_id} has no configuration and the event "
+            "has no callback_url",
+            kind=ErrorKind.NO_CALLBACK,
+        )
+    try:
+        check_url(url, allow_http=policy.allow_http, allow_private=policy.allow_private)
+    except PolicyRefusal as exc:
+        raise PermanentDeliveryError(str(exc), kind=ErrorKind.REFUSED_BY_POLICY) from exc
+    except ValueError as exc:
+        raise PermanentDeliveryError(str(exc), kind=ErrorKind.NO_CALLBACK) from exc
+    if conversation is not None:
+        secrets = conversation.signing_secrets()
+        limits = conversation.config.limits(policy.default_limits)
+    elif policy.default_secret:
+        secrets = [policy.default_secret]
+        limits = policy.default_limits
+    else:
+        raise PermanentDeliveryError(
+            f"conversation {event.conversation_id} is not registered, so it has no signing "
+            "secret; register it or set WEBHOOKS_SIGNING_SECRET",
+            kind=ErrorKind.NO_SECRET,
+        )
+    return Target(url=url, endpoint=normalize_endpoint(url), secrets=secrets, limits=limits)

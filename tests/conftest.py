@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,7 +86,7 @@ def producer_settings(redis_server: RedisServer) -> Settings:
     settings = Settings(
         redis_url=redis_server.url,
         allow_private_networks=True,
-        retry_schedule=FAST_SCHEDULE,  # type: ignore[arg-type]
+        retry_schedule=FAST_SCHEDULE,
         timeout_s=2,
         connect_timeout_s=2,
         visibility_timeout_s=60,
@@ -174,4 +176,69 @@ def unique_path() -> str:
     return f"/hook/{uuid.uuid4().hex[:12]}"
 
 
-__all__ = ["FAST_SCHEDULE", "make_event", "registered", "unique_path", "worker_env"]
+@dataclass
+class Broker:
+    """A private Redis (broker and store) that the producer publishes to.
+
+    For tests that kill workers, restart Redis or read kombu's keys: the
+    session's shared worker never sees their messages.
+    """
+
+    server: RedisServer
+    client: redis.Redis
+    conversations: ConversationStore
+    outcomes: OutcomeStore
+    ca: TestCA
+
+    def worker_env(self, **overrides: str) -> dict[str, str]:
+        return worker_env(self.server.url, self.ca, **overrides)
+
+    def wait_outcome(self, webhook_id: str, timeout: float = 60.0) -> Outcome:
+        """Poll until the delivery has its final outcome record."""
+        deadline = time.monotonic() + timeout
+        while (outcome := self.outcomes.get(webhook_id)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no outcome recorded for {webhook_id} within {timeout} s")
+            time.sleep(0.05)
+        return outcome
+
+    def wait_outcomes(self, webhook_ids: list[str], timeout: float = 60.0) -> list[Outcome]:
+        deadline = time.monotonic() + timeout
+        return [self.wait_outcome(i, max(0.1, deadline - time.monotonic())) for i in webhook_ids]
+
+
+@contextmanager
+def dedicated_broker(producer_settings: Settings, ca: TestCA) -> Iterator[Broker]:
+    """Point the producer at a fresh Redis for the block, then back."""
+    with RedisServer() as server:
+        settings = producer_settings.model_copy(update={"redis_url": server.url})
+        client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=5)
+        app.configure(settings)
+        try:
+            yield Broker(
+                server=server,
+                client=client,
+                conversations=conversation_store(client, settings),
+                outcomes=OutcomeStore(client, retention_s=3600),
+                ca=ca,
+            )
+        finally:
+            app.configure(producer_settings)
+            client.close()
+
+
+@pytest.fixture
+def broker(producer_settings: Settings, test_ca: TestCA) -> Iterator[Broker]:
+    with dedicated_broker(producer_settings, test_ca) as dedicated:
+        yield dedicated
+
+
+__all__ = [
+    "FAST_SCHEDULE",
+    "Broker",
+    "dedicated_broker",
+    "make_event",
+    "registered",
+    "unique_path",
+    "worker_env",
+]

@@ -17,24 +17,20 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import cast
 
 import pytest
 import redis
 
-from config.celery_app import QUEUE, RELEASED_QUEUE, app
+from config.celery_app import QUEUE, RELEASED_QUEUE
 from config.settings import Settings
 from tasks import deliver_webhook
-from tests.conftest import make_event, registered, unique_path, worker_env
+from tests.conftest import Broker, make_event, registered, unique_path, worker_env
 from webhooks import keys
-from webhooks.conversations import ConversationStore
-from webhooks.delivery import conversation_store
 from webhooks.endpoints import normalize_endpoint
-from webhooks.outcomes import Outcome, OutcomeStore
+from webhooks.outcomes import Outcome
 from webhooks.parking import ParkingLot
-from webhooks.testing.receiver import Hang, ReceivedRequest, Receiver, Respond, TestCA
-from webhooks.testing.redis_server import RedisServer
+from webhooks.testing.receiver import Hang, ReceivedRequest, Receiver, Respond
 from webhooks.testing.worker import WorkerProcess
 
 #: Kombu's Redis transport keeps each message handed to a worker here until acked.
@@ -59,63 +55,19 @@ BURST_RATE_PER_S = 50
 # --- fixtures and helpers --------------------------------------------------------
 
 
-@dataclass
-class Broker:
-    """A private Redis (broker and store) that the producer publishes to."""
+def wait_settled(broker: Broker, endpoints: list[str], timeout: float = 30.0) -> None:
+    """Until nothing is queued, held unacknowledged, or parked for ``endpoints``."""
+    lot = ParkingLot(broker.client)
 
-    server: RedisServer
-    client: redis.Redis
-    conversations: ConversationStore
-    outcomes: OutcomeStore
-    ca: TestCA
+    def settled() -> bool:
+        return (
+            broker.client.llen(QUEUE) == 0
+            and broker.client.llen(RELEASED_QUEUE) == 0
+            and broker.client.hlen(UNACKED_KEY) == 0
+            and all(lot.backlog(e) == 0 for e in endpoints)
+        )
 
-    def wait_outcome(self, webhook_id: str, timeout: float = 60.0) -> Outcome:
-        deadline = time.monotonic() + timeout
-        while (outcome := self.outcomes.get(webhook_id)) is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no outcome recorded for {webhook_id} within {timeout} s")
-            time.sleep(0.05)
-        return outcome
-
-    def wait_outcomes(self, webhook_ids: list[str], timeout: float = 60.0) -> list[Outcome]:
-        deadline = time.monotonic() + timeout
-        return [self.wait_outcome(i, max(0.1, deadline - time.monotonic())) for i in webhook_ids]
-
-    def wait_settled(self, endpoints: list[str], timeout: float = 30.0) -> None:
-        """Until nothing is queued, held unacknowledged, or parked for ``endpoints``."""
-        lot = ParkingLot(self.client)
-
-        def settled() -> bool:
-            return (
-                self.client.llen(QUEUE) == 0
-                and self.client.llen(RELEASED_QUEUE) == 0
-                and self.client.hlen(UNACKED_KEY) == 0
-                and all(lot.backlog(e) == 0 for e in endpoints)
-            )
-
-        wait_until(settled, timeout, "the queue, the unacked set and the waiting lines empty")
-
-
-@pytest.fixture
-def broker(producer_settings: Settings, test_ca: TestCA) -> Iterator[Broker]:
-    """A Redis of the test's own; the producer publishes to it until the test ends."""
-    with RedisServer() as server:
-        settings = producer_settings.model_copy(update={"redis_url": server.url})
-        client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=5)
-        app.configure(settings)
-        try:
-            yield Broker(
-                server=server,
-                client=client,
-                conversations=conversation_store(client, settings),
-                outcomes=OutcomeStore(client, retention_s=3600),
-                ca=test_ca,
-            )
-        finally:
-            app.amqp.producer_pool.force_close_all()
-            app.pool.force_close_all()
-            app.configure(producer_settings)
-            client.close()
+    wait_until(settled, timeout, "the queue, the unacked set and the waiting lines empty")
 
 
 @pytest.fixture
@@ -262,7 +214,7 @@ def test_concurrency_never_exceeds_the_cap_across_workers(
 
     # Then the receiver never had more than 3 requests in flight, and had 3
     outcomes = broker.wait_outcomes(webhook_ids)
-    broker.wait_settled([endpoint_of(receiver, path)])
+    wait_settled(broker, [endpoint_of(receiver, path)])
     assert receiver.peak_in_flight(path) == 3
 
     # And every event was delivered exactly once, on its first attempt
@@ -288,7 +240,7 @@ def test_a_conversations_own_cap_applies(
 
     # Then they were sent one at a time, each once
     outcomes = broker.wait_outcomes(webhook_ids)
-    broker.wait_settled([endpoint_of(receiver, path)])
+    wait_settled(broker, [endpoint_of(receiver, path)])
     assert receiver.peak_in_flight(path) == 1
     assert_delivered_once_each(receiver, path, webhook_ids, outcomes)
 
@@ -309,7 +261,7 @@ def test_no_sliding_window_holds_more_than_the_limit(
     with AcquireLog(broker.client, endpoint_of(receiver, path)) as log:
         webhook_ids = publish(cid, 25)
         outcomes = broker.wait_outcomes(webhook_ids)
-        broker.wait_settled([endpoint_of(receiver, path)])
+        wait_settled(broker, [endpoint_of(receiver, path)])
 
     # Then, by Redis' own clock, 25 attempts were granted and no 1 s window
     # (half-open, in whole milliseconds) holds more than 5 of them
@@ -363,7 +315,7 @@ def test_the_guides_100_per_minute(
 
     # And every event was delivered exactly once
     outcomes = broker.wait_outcomes(webhook_ids)
-    broker.wait_settled([endpoint_of(receiver, path)])
+    wait_settled(broker, [endpoint_of(receiver, path)])
     assert_delivered_once_each(receiver, path, webhook_ids, outcomes)
 
 
@@ -439,7 +391,7 @@ def test_429_retry_after_is_honoured_without_using_the_retry_budget(
     times = [r.received_at for r in requests]
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert all(gap >= 2.0 - REDIS_MS for gap in gaps), gaps
-    broker.wait_settled([endpoint_of(receiver, path)])
+    wait_settled(broker, [endpoint_of(receiver, path)])
     assert len(receiver.received(path)) == 5
 
 
@@ -464,7 +416,7 @@ def test_endless_429_fails_as_rate_limited_after_the_longest_wait(
     assert webhook_id in broker.outcomes.dead_letter_ids()
     requests = receiver.received(path)
     assert [r.headers["x-webhook-attempt"] for r in requests] == ["1", "2", "3", "4"]
-    broker.wait_settled([endpoint_of(receiver, path)])
+    wait_settled(broker, [endpoint_of(receiver, path)])
     assert len(receiver.received(path)) == 4
 
 
@@ -528,7 +480,7 @@ def test_a_burst_is_delivered_exactly_once_without_blocking_other_endpoints(
         published_b = time.time()
         outcomes_b = broker.wait_outcomes(ids_b, timeout=120)
         outcomes_a = broker.wait_outcomes(ids_a, timeout=180)
-        broker.wait_settled(endpoints)
+        wait_settled(broker, endpoints)
 
     # Then every event is delivered exactly once: 1,000 distinct webhook-ids,
     # 1,000 requests to A, every outcome delivered, nothing left anywhere

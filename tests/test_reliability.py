@@ -21,15 +21,11 @@ from datetime import datetime
 import pytest
 import redis
 
-from config.celery_app import QUEUE, app
+from config.celery_app import QUEUE
 from config.settings import DEFAULT_RETRY_SCHEDULE_S, Settings
 from tasks import deliver_webhook
-from tests.conftest import make_event, registered, unique_path, worker_env
-from webhooks.conversations import ConversationStore
-from webhooks.delivery import conversation_store
-from webhooks.outcomes import Outcome, OutcomeStore
-from webhooks.testing.receiver import Hang, ReceivedRequest, Receiver, Respond, TestCA
-from webhooks.testing.redis_server import RedisServer
+from tests.conftest import Broker, make_event, registered, unique_path
+from webhooks.testing.receiver import Hang, ReceivedRequest, Receiver, Respond
 from webhooks.testing.worker import WorkerProcess
 
 #: Kombu's Redis transport keeps each message it hands to a worker in this hash
@@ -86,54 +82,10 @@ def minimal_visibility_timeout_s(**settings: object) -> int:
 # --- fixtures ----------------------------------------------------------------
 
 
-@dataclass
-class Broker:
-    """A private Redis (broker and store) that the producer publishes to."""
-
-    server: RedisServer
-    client: redis.Redis
-    conversations: ConversationStore
-    outcomes: OutcomeStore
-    ca: TestCA
-
-    def worker_env(self, **overrides: str) -> dict[str, str]:
-        return worker_env(self.server.url, self.ca, **overrides)
-
-    def wait_outcome(self, webhook_id: str, timeout: float = 30.0) -> Outcome:
-        """Poll until the delivery has its final outcome record."""
-        deadline = time.monotonic() + timeout
-        while (outcome := self.outcomes.get(webhook_id)) is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no outcome recorded for {webhook_id} within {timeout} s")
-            time.sleep(0.05)
-        return outcome
-
-    def assert_nothing_left(self) -> None:
-        """No message is queued or held unacknowledged: nothing can be delivered again."""
-        assert held_messages(self.client) == []
-        assert self.client.llen(QUEUE) == 0
-
-
-@pytest.fixture
-def broker(producer_settings: Settings, test_ca: TestCA) -> Iterator[Broker]:
-    """A Redis of the test's own; the producer publishes to it until the test ends."""
-    with RedisServer() as server:
-        settings = producer_settings.model_copy(update={"redis_url": server.url})
-        client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=5)
-        app.configure(settings)
-        try:
-            yield Broker(
-                server=server,
-                client=client,
-                conversations=conversation_store(client, settings),
-                outcomes=OutcomeStore(client, retention_s=3600),
-                ca=test_ca,
-            )
-        finally:
-            app.amqp.producer_pool.force_close_all()
-            app.pool.force_close_all()
-            app.configure(producer_settings)
-            client.close()
+def assert_nothing_left(broker: Broker) -> None:
+    """No message is queued or held unacknowledged: nothing can be delivered again."""
+    assert held_messages(broker.client) == []
+    assert broker.client.llen(QUEUE) == 0
 
 
 @pytest.fixture
@@ -222,7 +174,7 @@ def test_a_pool_process_killed_mid_delivery_is_redelivered(
     assert child not in worker.pool_pids()
     assert "WorkerLostError" in worker.output()
     worker.stop()  # warm: its acknowledgement is written
-    broker.assert_nothing_left()
+    assert_nothing_left(broker)
     assert len(receiver.received(path)) == 2
 
 
@@ -271,7 +223,7 @@ def test_a_killed_worker_is_redelivered_after_the_visibility_timeout(
     assert second.headers["x-webhook-attempt"] == "1"  # a redelivery, not a retry
     assert (outcome.state, outcome.status) == ("delivered", 200)
     fresh.stop()
-    broker.assert_nothing_left()
+    assert_nothing_left(broker)
     assert len(receiver.received(path)) == 2
 
 
@@ -345,7 +297,7 @@ def test_a_retry_pending_across_a_redis_restart_is_kept_and_delivered(
     assert [first.headers["x-webhook-attempt"], second.headers["x-webhook-attempt"]] == ["1", "2"]
     assert (outcome.state, outcome.attempts, outcome.status) == ("delivered", 2, 200)
     after.stop()
-    broker.assert_nothing_left()
+    assert_nothing_left(broker)
     assert len(receiver.received(path)) == 2
 
 

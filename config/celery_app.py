@@ -22,13 +22,16 @@ from celery import Celery
 
 from config.settings import Settings
 
-__all__ = ["QUEUE", "RELEASED_QUEUE", "WebhooksCelery", "app", "create_app"]
+__all__ = ["QUEUE", "RELEASED_QUEUE", "SLOW_QUEUE", "WebhooksCelery", "app", "create_app"]
 
 QUEUE = "webhooks"
 #: Deliveries the pump releases from an endpoint's waiting line. Workers
 #: consume it beside QUEUE (kombu alternates between a worker's queues), so a
 #: released delivery does not wait again behind the whole QUEUE backlog.
 RELEASED_QUEUE = "webhooks.released"
+#: Deliveries to endpoints judged slow or failing (tasks/routing.py), served
+#: by workers sized for waiting so they never hold the fast workers' slots.
+SLOW_QUEUE = "webhooks.slow"
 
 
 class WebhooksCelery(Celery):  # type: ignore[misc]
@@ -81,7 +84,7 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
 
 
 def create_app(settings: Settings | None = None) -> WebhooksCelery:
-    app = WebhooksCelery("webhooks", include=["tasks.delivery", "tasks.pump"])
+    app = WebhooksCelery("webhooks", include=["tasks.routing", "tasks.delivery", "tasks.pump"])
     app.configure(settings or Settings())
     return app
 

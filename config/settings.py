@@ -16,6 +16,7 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from webhooks.health import HealthPolicy
 from webhooks.ratelimit import Limits, RateLimit
 
 __all__ = ["Settings", "child_environment"]
@@ -72,6 +73,16 @@ class Settings(BaseSettings):
     )
     pump_interval_s: float = Field(
         0.2, gt=0, description="How often each worker looks for parked deliveries that are due."
+    )
+
+    slow_threshold_ms: float = Field(
+        5000.0, gt=0, description="An endpoint whose mean response time passes this is slow."
+    )
+    recover_threshold_ms: float = Field(
+        2500.0, gt=0, description="A slow endpoint is fast again once under this (hysteresis)."
+    )
+    route_cache_s: float = Field(
+        2.0, ge=0, description="How long a process trusts its copy of the slow-endpoint set."
     )
 
     visibility_timeout_s: int = Field(
@@ -135,6 +146,13 @@ class Settings(BaseSettings):
     @property
     def default_limits(self) -> Limits:
         return Limits(rate=RateLimit.parse(self.rate_limit), max_concurrency=self.max_concurrency)
+
+    @property
+    def health_policy(self) -> HealthPolicy:
+        return HealthPolicy(
+            slow_ms=self.slow_threshold_ms,
+            recover_ms=min(self.recover_threshold_ms, self.slow_threshold_ms),
+        )
 
     @property
     def lease_s(self) -> float:

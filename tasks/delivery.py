@@ -21,6 +21,7 @@ from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from config.celery_app import WebhooksCelery, app
+from tasks.routing import router
 from webhooks import backoff
 from webhooks.delivery import Deliverer, Job, Parked
 from webhooks.errors import DeliveryError, RetryableDeliveryError
@@ -97,6 +98,9 @@ class DeliveryTask(Task):  # type: ignore[misc]
             # The next HTTP attempt carries the next number; 429 back-offs
             # (parked, not retried) also advance it, so it is not retries + 1.
             kwargs = {**(self.request.kwargs or {}), "attempt": _attempt_number(self.request) + 1}
+        # Celery keeps a retry on its original queue; route it by the
+        # endpoint's health now instead.
+        options.setdefault("queue", router.queue_for(kwargs))
         try:
             return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
         except Reject as rejected:

@@ -15,8 +15,9 @@ from typing import Any
 
 from celery import bootsteps
 
-from config.celery_app import RELEASED_QUEUE, app
+from config.celery_app import RELEASED_QUEUE, SLOW_QUEUE, app
 from tasks.delivery import deliver_webhook
+from tasks.routing import router
 from webhooks.parking import ParkedDelivery, ParkingLot
 from webhooks.store import connect
 
@@ -64,7 +65,7 @@ class Pump:
                         "place_ms": delivery.place_ms,
                     },
                     retries=delivery.retries,
-                    queue=RELEASED_QUEUE,
+                    queue=SLOW_QUEUE if router.is_slow(endpoint) else RELEASED_QUEUE,
                 )
                 published.append(delivery)
         finally:

@@ -17,6 +17,7 @@ import redis
 from webhooks import keys
 from webhooks.attempts import MAX_PER_CONVERSATION, MAX_PER_MESSAGE, AttemptLog, AttemptRecord
 from webhooks.errors import ErrorKind, PermanentDeliveryError, RetryableDeliveryError
+from webhooks.health import HealthPolicy, HealthStore
 from webhooks.metrics import Metrics
 from webhooks.observer import AttemptFacts, Observer
 from webhooks.store import connect
@@ -163,7 +164,7 @@ def facts(attempt: int = 1) -> AttemptFacts:
 def test_the_observer_records_a_failed_attempt_with_its_status_kind_and_excerpt(
     client: redis.Redis, log: AttemptLog
 ) -> None:
-    observer = Observer(log, Metrics(client))
+    observer = Observer(log, Metrics(client), HealthStore(client, HealthPolicy()))
     given = facts(attempt=2)
     error = RetryableDeliveryError(
         "receiver answered HTTP 502", kind=ErrorKind.HTTP_5XX, status=502, response_excerpt="bad"
@@ -191,7 +192,9 @@ def test_the_observer_names_the_error_kind(
 ) -> None:
     given = facts()
 
-    Observer(log, Metrics(client)).attempted(given, started_at=1.0, duration_s=0.1, error=error)
+    Observer(log, Metrics(client), HealthStore(client, HealthPolicy())).attempted(
+        given, started_at=1.0, duration_s=0.1, error=error
+    )
 
     assert [r.outcome for r in log.for_message(given.message_id)] == [outcome]
 
@@ -199,7 +202,9 @@ def test_the_observer_names_the_error_kind(
 def test_the_observer_swallows_a_redis_outage(redis_server: RedisServer) -> None:
     # Given an observer whose Redis went away after it was built
     dead = connect(redis_server.url.rsplit("/", 1)[0] + f"/{DB}", socket_timeout_s=0.5)
-    observer = Observer(AttemptLog(dead, retention_s=60), Metrics(dead))
+    observer = Observer(
+        AttemptLog(dead, retention_s=60), Metrics(dead), HealthStore(dead, HealthPolicy())
+    )
     dead.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
     dead.connection_pool.disconnect()
 

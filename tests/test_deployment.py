@@ -19,7 +19,7 @@ import requests
 import yaml
 
 from webhooks.testing.redis_server import RedisServer, free_port
-from webhooks.testing.worker import WORKER_ARGS
+from webhooks.testing.worker import FAST_QUEUES, SLOW_QUEUES, WORKER_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,17 +39,20 @@ def compose() -> dict[str, object]:
     return loaded
 
 
-def test_procfile_worker_consumes_the_webhooks_queue() -> None:
-    worker = procfile()["worker"]
+def test_procfile_workers_split_fast_and_slow_queues() -> None:
+    worker, slow = procfile()["worker"], procfile()["worker_slow"]
 
-    assert worker.startswith("celery " + " ".join(WORKER_ARGS) + " ")
+    assert worker.startswith("celery " + " ".join(WORKER_ARGS) + f" -Q {FAST_QUEUES} ")
+    assert slow.startswith("celery " + " ".join(WORKER_ARGS) + f" -Q {SLOW_QUEUES} ")
+    # the slow queue's workers are sized for waiting, not for CPU
+    assert "--pool gevent" in slow and "--pool" not in worker
 
 
 def test_compose_commands_match_the_procfile() -> None:
     services = compose()["services"]
     assert isinstance(services, dict)
 
-    for name in ("worker", "flower", "metrics"):
+    for name in ("worker", "worker_slow", "flower", "metrics"):
         assert services[name]["command"] == procfile()[name], name
 
 
@@ -95,10 +98,17 @@ def _stop(process: subprocess.Popen[str]) -> str:
     return out
 
 
-def test_procfile_worker_command_starts_a_worker(redis_server: RedisServer) -> None:
+@pytest.mark.parametrize(("name", "pool"), [("worker", "prefork"), ("worker_slow", "gevent")])
+def test_procfile_worker_commands_start_workers(
+    redis_server: RedisServer, name: str, pool: str
+) -> None:
     process = _shell(
-        procfile()["worker"],
-        {"WEBHOOKS_REDIS_URL": redis_server.url, "WEBHOOKS_WORKER_CONCURRENCY": "1"},
+        procfile()[name],
+        {
+            "WEBHOOKS_REDIS_URL": redis_server.url,
+            "WEBHOOKS_WORKER_CONCURRENCY": "1",
+            "WEBHOOKS_SLOW_CONCURRENCY": "5",
+        },
     )
     try:
         assert process.stdout is not None
@@ -111,7 +121,7 @@ def test_procfile_worker_command_starts_a_worker(redis_server: RedisServer) -> N
         output = "".join(seen) + _stop(process)
 
     assert " ready." in output, output
-    assert "webhooks" in output and "deliver_webhook" in output
+    assert f"({pool})" in output and "deliver_webhook" in output
 
 
 def test_procfile_flower_refuses_to_start_without_basic_auth(redis_server: RedisServer) -> None:

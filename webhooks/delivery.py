@@ -28,6 +28,7 @@ from webhooks.errors import (
     RetryableDeliveryError,
 )
 from webhooks.events import MessageEvent, event_body, parse_event
+from webhooks.health import HealthStore
 from webhooks.metrics import Metrics
 from webhooks.observer import AttemptFacts, Observer
 from webhooks.outcomes import Outcome, OutcomeStore
@@ -113,7 +114,9 @@ class Deliverer:
             parking=ParkingLot(client),
             policy=DeliveryPolicy.from_settings(settings),
             observer=Observer(
-                AttemptLog(client, retention_s=settings.log_retention_s), Metrics(client)
+                AttemptLog(client, retention_s=settings.log_retention_s),
+                Metrics(client),
+                HealthStore(client, settings.health_policy),
             ),
         )
 

@@ -13,10 +13,12 @@ from webhooks.endpoints import endpoint_tag
 __all__ = [
     "CONVERSATIONS",
     "DEAD_LETTERS",
+    "KNOWN_ENDPOINTS",
     "METRICS_ENDPOINTS",
     "METRICS_TOTALS",
     "PARKED_ENDPOINTS",
     "PREFIX",
+    "SLOW_ENDPOINTS",
     "EndpointKeys",
     "attempts_by_conversation",
     "attempts_by_message",
@@ -36,6 +38,10 @@ DEAD_LETTERS = f"{PREFIX}:dead"
 #: Sorted set of endpoints with parked deliveries, scored by when (epoch ms)
 #: the pump should next look at them.
 PARKED_ENDPOINTS = f"{PREFIX}:parked"
+#: Set of endpoints currently judged slow: the router's snapshot source.
+SLOW_ENDPOINTS = f"{PREFIX}:slow-endpoints"
+#: Set of endpoints with a health record, for ``webhooks endpoints``.
+KNOWN_ENDPOINTS = f"{PREFIX}:endpoints"
 #: Metrics keys share the {metrics} hash tag: one script updates them all.
 #: Hash: "name\tendpoint\tlabel=value,..." -> running total.
 METRICS_TOTALS = f"{PREFIX}:{{metrics}}:totals"
@@ -85,6 +91,7 @@ class EndpointKeys:
     parked: str  # zset: webhook id -> first parked (ms), the waiting line
     payloads: str  # hash: webhook id -> parked delivery (JSON)
     limits: str  # string: "count window_ms max_concurrency" of the latest park
+    health: str  # hash: latency average, recent outcomes, slow flag
     pump_lock: str  # string: which pump is releasing this endpoint's backlog
 
     def for_script(self) -> list[str]:
@@ -100,5 +107,6 @@ def endpoint(normalized: str) -> EndpointKeys:
         parked=f"{base}:parked",
         payloads=f"{base}:payloads",
         limits=f"{base}:limits",
+        health=f"{base}:health",
         pump_lock=f"{base}:pump",
     )

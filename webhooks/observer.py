@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import redis
 
 from webhooks.attempts import AttemptLog, AttemptRecord
-from webhooks.errors import DeliveryError
+from webhooks.errors import DeliveryError, ErrorKind
+from webhooks.health import HealthStore
 from webhooks.metrics import Metrics
 
 __all__ = ["AttemptFacts", "Observer"]
@@ -32,9 +33,10 @@ class AttemptFacts:
 
 
 class Observer:
-    def __init__(self, attempts: AttemptLog, metrics: Metrics) -> None:
+    def __init__(self, attempts: AttemptLog, metrics: Metrics, health: HealthStore) -> None:
         self._attempts = attempts
         self._metrics = metrics
+        self._health = health
 
     def attempted(
         self,
@@ -79,6 +81,13 @@ class Observer:
                 result="success" if error is None else outcome,
                 duration_s=duration_s,
                 attempt=facts.attempt,
+            )
+            self._health.observe(
+                facts.endpoint,
+                duration_s=duration_s,
+                outcome="ok"
+                if error is None
+                else ("timeout" if outcome == ErrorKind.TIMEOUT else "error"),
             )
         except redis.RedisError:
             log.warning("could not record attempt %s", record.to_json(), exc_info=True)

@@ -1,4 +1,4 @@
-"""The ``webhooks`` command: conversations, delivery logs, dead letters, metrics.
+"""The ``webhooks`` command: conversations, endpoints, delivery logs, dead letters, metrics.
 
 Settings are read once here, at the edge, and passed down. Errors are one
 line on stderr and a non-zero exit, never a traceback.
@@ -14,7 +14,7 @@ import redis
 from pydantic import ValidationError
 
 from config.settings import Settings
-from webhooks.cli import conversations, operations
+from webhooks.cli import conversations, endpoints, operations
 from webhooks.cli.context import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, Context
 from webhooks.errors import InvalidConfiguration
 from webhooks.store import connect
@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="webhooks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     conversations.add_parser(commands)
+    endpoints.add_parser(commands)
     operations.add_parsers(commands)
     return parser
 
@@ -42,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "conversations":
             return conversations.run(args, context)
+        if args.command == "endpoints":
+            return endpoints.run(args, context)
         return operations.run(args, context)
     except InvalidConfiguration as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -13,10 +13,15 @@ from pathlib import Path
 
 from config.settings import child_environment
 
-__all__ = ["WORKER_ARGS", "WorkerProcess"]
+__all__ = ["ALL_QUEUES", "FAST_QUEUES", "SLOW_QUEUES", "WORKER_ARGS", "WorkerProcess"]
 
-#: The Procfile's ``worker`` command after ``celery``; a test keeps them equal.
-WORKER_ARGS = ("-A", "config.celery_app", "worker", "-Q", "webhooks,webhooks.released")
+#: The Procfile's worker commands start like this after ``celery``.
+WORKER_ARGS = ("-A", "config.celery_app", "worker")
+#: What the Procfile's ``worker`` and ``worker_slow`` consume.
+FAST_QUEUES = "webhooks,webhooks.released"
+SLOW_QUEUES = "webhooks.slow"
+#: A test worker that must finish whatever it is given consumes all of them.
+ALL_QUEUES = f"{FAST_QUEUES},{SLOW_QUEUES}"
 
 
 class WorkerProcess:
@@ -30,10 +35,11 @@ class WorkerProcess:
         name: str = "worker",
         cwd: Path | None = None,
         extra_args: tuple[str, ...] = (),
+        queues: str = ALL_QUEUES,
     ) -> None:
         self._env = child_environment(dict(env))
         self._args = [
-            sys.executable, "-m", "celery", *WORKER_ARGS,
+            sys.executable, "-m", "celery", *WORKER_ARGS, "-Q", queues,
             "--concurrency", str(concurrency),
             "--hostname", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
             "--loglevel", "INFO",

@@ -1,0 +1,114 @@
+"""Route each delivery by its endpoint's health: ``webhooks`` or ``webhooks.slow``.
+
+A delivery to an endpoint that answers slowly or times out would hold a
+worker slot for up to the whole timeout; on the slow queue it waits among
+its peers, served by workers sized for waiting (a gevent pool), and fast
+endpoints never queue behind it.
+
+The router runs on every publish, so it reads Redis only to refresh its
+caches: the set of slow endpoints every ``WEBHOOKS_ROUTE_CACHE_S`` seconds,
+and a conversation's callback URL once per minute per conversation.
+Retries and releases from a waiting line are routed again, at that moment.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import redis
+
+from config.celery_app import QUEUE, SLOW_QUEUE, WebhooksCelery, app
+from webhooks import keys
+from webhooks.conversations import Conversation, normalize_id
+from webhooks.endpoints import normalize_endpoint
+from webhooks.errors import InvalidConfiguration
+from webhooks.health import HealthStore
+from webhooks.store import connect
+
+__all__ = ["EndpointRouter", "router"]
+
+_CONVERSATION_TTL_S = 60.0
+
+
+class EndpointRouter:
+    """A Celery router (``task_routes``) for ``deliver_webhook``."""
+
+    def __init__(self, celery: WebhooksCelery) -> None:
+        self._app = celery
+        self._lock = threading.Lock()
+        self._client: redis.Redis | None = None
+        self._client_url = ""
+        self._slow: set[str] = set()
+        self._slow_read_at = float("-inf")
+        self._callbacks: dict[str, tuple[float, str | None]] = {}
+
+    def __call__(
+        self, name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any
+    ) -> dict[str, str] | None:
+        if name != "deliver_webhook":
+            return None
+        return {"queue": self.queue_for(kwargs or {})}
+
+    def queue_for(self, kwargs: dict[str, Any]) -> str:
+        """The queue for a delivery with these task kwargs, as of now."""
+        try:
+            endpoint = self._endpoint(kwargs)
+        except (redis.RedisError, InvalidConfiguration, ValueError, TypeError):
+            return QUEUE  # routing is an optimisation; never fail a publish over it
+        return SLOW_QUEUE if endpoint and self.is_slow(endpoint) else QUEUE
+
+    def is_slow(self, endpoint: str) -> bool:
+        try:
+            return endpoint in self._slow_set()
+        except redis.RedisError:
+            return False
+
+    def _slow_set(self) -> set[str]:
+        settings = self._app.settings
+        now = time.monotonic()
+        with self._lock:
+            if now - self._slow_read_at >= settings.route_cache_s:
+                self._slow = HealthStore(self._redis(), settings.health_policy).slow_endpoints()
+                self._slow_read_at = now
+            return self._slow
+
+    def _endpoint(self, kwargs: dict[str, Any]) -> str | None:
+        url = kwargs.get("callback_url")
+        if not url:
+            event = kwargs.get("event") or {}
+            url = self._configured_url(str(event.get("conversation_id", "")))
+        return normalize_endpoint(url) if url else None
+
+    def _configured_url(self, conversation_id: str) -> str | None:
+        cid = normalize_id(conversation_id)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._callbacks.get(cid)
+            if cached and now - cached[0] < _CONVERSATION_TTL_S:
+                return cached[1]
+            if len(self._callbacks) > 10_000:
+                self._callbacks.clear()  # bounded: a producer may see many conversations
+        raw = self._redis().get(keys.conversation(cid))
+        url = None
+        if raw is not None:
+            url = Conversation.model_validate_json(raw).config.callback_url
+        with self._lock:
+            self._callbacks[cid] = (now, url)
+        return url
+
+    def _redis(self) -> redis.Redis:
+        settings = self._app.settings
+        if self._client is None or self._client_url != settings.redis_url:
+            self._client = connect(
+                settings.redis_url, socket_timeout_s=settings.redis_socket_timeout_s
+            )
+            self._client_url = settings.redis_url
+            self._slow_read_at = float("-inf")
+            self._callbacks.clear()
+        return self._client
+
+
+router = EndpointRouter(app)
+app.conf.task_routes = (router,)

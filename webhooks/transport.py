@@ -74,13 +74,22 @@ class GuardedAdapter(HTTPAdapter):
     """
 
     def __init__(
-        self, *, allow_private: bool, ca_bundle: Path | None = None, pool_maxsize: int = 10
+        self,
+        *,
+        allow_private: bool,
+        ca_bundle: Path | None = None,
+        pool_connections: int = 100,
+        pool_maxsize: int = 100,
     ) -> None:
         self._allow_private = allow_private
         self._ssl_context = ssl.create_default_context()
         if ca_bundle is not None:
             self._ssl_context.load_verify_locations(cafile=str(ca_bundle))
-        super().__init__(pool_maxsize=pool_maxsize, max_retries=0)
+        # Sized for a gevent worker: up to 100 deliveries in flight in one
+        # process, possibly to one host; a prefork process uses one at a time.
+        super().__init__(
+            pool_connections=pool_connections, pool_maxsize=pool_maxsize, max_retries=0
+        )
 
     def init_poolmanager(
         self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any

@@ -39,3 +39,4 @@ clean:
 ## make bench: benchmark scripts (not part of `make test`); reports go to bench-results/.
 bench: $(STAMP)
 	$(BIN)/python -m bench.ratelimit_overhead
+	$(BIN)/python -m bench.isolation

@@ -36,6 +36,7 @@ __all__ = [
     "cpu_s",
     "duplicates",
     "enqueue",
+    "message_event",
     "redis_cpu_s",
     "rig",
     "vmrss_kb",
@@ -80,18 +81,19 @@ def rig(ca: TestCA, overrides: dict[str, str]) -> Iterator[Rig]:
         yield Rig(client, receiver, cid, normalize_endpoint(url), env)
 
 
-def enqueue(r: Rig, count: int) -> list[str]:
-    """Publish ``count`` events through ``delay()``; returns their webhook ids in order."""
+def message_event(conversation_id: str) -> dict[str, Any]:
+    """A small valid message event for ``conversation_id``, with a fresh message id."""
     now = datetime.now(UTC).isoformat()
     message = {"content": "bench", "content_type": "TEXT", "type": "USER_INPUT",
                "channel": "API", "status": "RECEIVED", "created_by": "bench",
                "updated_by": "bench", "created_at": now, "updated_at": now}  # fmt: skip
-    ids = []
-    for _ in range(count):
-        event = {"conversation_id": r.conversation_id, "timestamp": now,
-                 "data": {"id": str(uuid.uuid4()), **message}}  # fmt: skip
-        ids.append(str(deliver_webhook.delay(event).id))
-    return ids
+    return {"conversation_id": conversation_id, "timestamp": now,
+            "data": {"id": str(uuid.uuid4()), **message}}  # fmt: skip
+
+
+def enqueue(r: Rig, count: int) -> list[str]:
+    """Publish ``count`` events through ``delay()``; returns their webhook ids in order."""
+    return [str(deliver_webhook.delay(message_event(r.conversation_id)).id) for _ in range(count)]
 
 
 def commandstats(client: redis.Redis) -> Counter[str]:

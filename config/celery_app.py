@@ -76,7 +76,11 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
         # publishing to the old broker.
         pool: Any = self.__dict__.get("_pool")
         if pool is not None:
-            pool.force_close_all()
+            # Close its connections but leave it usable: kombu keeps one pool
+            # per broker URL for the whole process, so a pool marked closed
+            # would fail every later publish to that URL ("Acquire on closed
+            # pool"), e.g. after configure() with the same settings again.
+            pool.force_close_all(close_pool=False)
             self._pool = None
         amqp = self.__dict__.get("amqp")
         if amqp is not None:

@@ -43,6 +43,7 @@ class EndpointRouter:
         self._slow: set[str] = set()
         self._slow_read_at = float("-inf")
         self._callbacks: dict[str, tuple[float, str | None]] = {}
+        self._lookup_failed_at = float("-inf")
 
     def __call__(
         self, name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any
@@ -70,8 +71,11 @@ class EndpointRouter:
         now = time.monotonic()
         with self._lock:
             if now - self._slow_read_at >= settings.route_cache_s:
-                self._slow = HealthStore(self._redis(), settings.health_policy).slow_endpoints()
+                client = self._redis()
+                # Stamped before the read: a store that is down or hung is
+                # asked again after a period, not on every publish.
                 self._slow_read_at = now
+                self._slow = HealthStore(client, settings.health_policy).slow_endpoints()
             return self._slow
 
     def _endpoint(self, kwargs: dict[str, Any]) -> str | None:
@@ -90,7 +94,13 @@ class EndpointRouter:
                 return cached[1]
             if len(self._callbacks) > 10_000:
                 self._callbacks.clear()  # bounded: a producer may see many conversations
-        raw = self._redis().get(keys.conversation(cid))
+        if now - self._lookup_failed_at < self._app.settings.route_cache_s:
+            return None  # the store just failed: route by default rather than wait on it
+        try:
+            raw = self._redis().get(keys.conversation(cid))
+        except redis.RedisError:
+            self._lookup_failed_at = now
+            raise
         url = None
         if raw is not None:
             url = Conversation.model_validate_json(raw).config.callback_url

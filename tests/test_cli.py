@@ -6,12 +6,23 @@ import json
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
+from tasks import deliver_webhook
+from tests.conftest import make_event, registered, unique_path
+from webhooks import keys
 from webhooks.cli import EXIT_INVALID, EXIT_NOT_FOUND, main
+from webhooks.conversations import ConversationStore
+from webhooks.endpoints import normalize_endpoint
+from webhooks.health import HealthPolicy, HealthStore
+from webhooks.outcomes import Outcome
+from webhooks.testing.receiver import Receiver
 from webhooks.testing.redis_server import RedisServer
+from webhooks.testing.worker import WorkerProcess
 
 
 @pytest.fixture(autouse=True)
@@ -140,3 +151,87 @@ def test_console_script_is_installed(redis_server: RedisServer) -> None:
 
     assert done.returncode == 0, done.stderr
     assert isinstance(json.loads(done.stdout), list)
+
+
+# --- webhooks endpoints ------------------------------------------------------------------
+
+
+def _endpoints(capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, object]]:
+    code, out, _ = run(capsys, "endpoints", "--json")
+    assert code == 0
+    return {row["endpoint"]: row for row in json.loads(out)}
+
+
+def test_endpoints_lists_health_queue_and_counters(
+    capsys: pytest.CaptureFixture[str], redis_server: RedisServer
+) -> None:
+    # Given a fast endpoint with 3 attempts in its window, 2 in flight and 1
+    # parked, and an endpoint that timed out
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=5)
+    health = HealthStore(client, HealthPolicy())
+    fast = f"https://127.0.0.1:9443/fast/{uuid.uuid4().hex[:8]}"
+    slow = f"https://127.0.0.1:9443/slow/{uuid.uuid4().hex[:8]}"
+    health.observe(fast, duration_s=0.1, outcome="ok")
+    health.observe(fast, duration_s=0.2, outcome="error")
+    health.observe(slow, duration_s=1.0, outcome="timeout")
+    ek = keys.endpoint(fast)
+    client.zadd(ek.window, {"a": 1, "b": 2, "c": 3})
+    client.zadd(ek.inflight, {"a": 1, "b": 2})
+    client.zadd(ek.parked, {"msg_1": 1})
+    client.close()
+
+    # When the endpoints are listed
+    rows = _endpoints(capsys)
+
+    # Then each shows its queue, mean, recent outcomes, attempts and counters
+    assert rows[fast] == {
+        "endpoint": fast,
+        "queue": "webhooks",
+        "mean_ms": 130.0,  # 0.3 * 200 + 0.7 * 100
+        "recent": "oe",
+        "attempts": 2,
+        "in_window": 3,
+        "in_flight": 2,
+        "parked": 1,
+    }
+    assert rows[slow] == {
+        "endpoint": slow,
+        "queue": "webhooks.slow",
+        "mean_ms": 1000.0,
+        "recent": "t",
+        "attempts": 1,
+        "in_window": 0,
+        "in_flight": 0,
+        "parked": 0,
+    }
+
+    # And the table form has a line per endpoint with its queue
+    code, table, _ = run(capsys, "endpoints")
+    assert code == 0
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["endpoint", "queue", "mean"]
+    (slow_line,) = [line for line in lines if line.startswith(slow)]
+    assert slow_line.split()[1:4] == ["webhooks.slow", "1000.0", "t"]
+
+
+def test_endpoints_lists_an_endpoint_after_a_real_delivery(
+    capsys: pytest.CaptureFixture[str],
+    worker: WorkerProcess,
+    receiver: Receiver,
+    conversations: ConversationStore,
+    wait_outcome: Callable[..., Outcome],
+) -> None:
+    # Given a conversation whose receiver answers at once
+    path = unique_path()
+    cid, _ = registered(conversations, receiver, path)
+
+    # When one event is delivered by the session's worker
+    outcome = wait_outcome(deliver_webhook.delay(make_event(cid)).id)
+    assert outcome.state == "delivered"
+
+    # Then its endpoint is listed: on the default queue, one successful attempt,
+    # counted in the rate window, nothing in flight or parked
+    row = _endpoints(capsys)[normalize_endpoint(receiver.url(path))]
+    assert (row["queue"], row["recent"], row["attempts"]) == ("webhooks", "o", 1)
+    assert (row["in_window"], row["in_flight"], row["parked"]) == (1, 0, 0)
+    assert 0 < float(str(row["mean_ms"])) < 5000

@@ -16,9 +16,11 @@ All reliability choices live here, each with the failure it prevents:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from celery import Celery
+from kombu import pools
 
 from config.settings import Settings
 
@@ -76,12 +78,16 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
         # publishing to the old broker.
         pool: Any = self.__dict__.get("_pool")
         if pool is not None:
-            # Close its connections but leave it usable: kombu keeps one pool
-            # per broker URL for the whole process, so a pool marked closed
-            # would fail every later publish to that URL ("Acquire on closed
-            # pool"), e.g. after configure() with the same settings again.
-            pool.force_close_all(close_pool=False)
+            pool.force_close_all()
             self._pool = None
+            # kombu keeps one pool per broker URL for the whole process: forget
+            # the closed one, or every later publish to that URL fails with
+            # "Acquire on closed pool" (configure() again with the same settings).
+            # Keyed as kombu keyed it: a fresh connection for the old settings.
+            old = self.connection_for_write()
+            for group in (pools.connections, pools.producers):
+                with contextlib.suppress(KeyError):
+                    del group[old]
         amqp = self.__dict__.get("amqp")
         if amqp is not None:
             amqp._producer_pool = None

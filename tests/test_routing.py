@@ -65,9 +65,7 @@ def point_at(
 ) -> Iterator[Callable[..., Settings]]:
     """Configure the app for the test's Redis (or another URL) with overrides; restored after.
 
-    One Redis per test, not per module: kombu keeps producer pools in a global
-    registry keyed by broker URL, so a URL whose pool was closed cannot be
-    published to again.
+    One Redis per test, so the broker's lists hold only that test's messages.
     """
 
     def configure(**overrides: Any) -> Settings:
@@ -78,8 +76,6 @@ def point_at(
         return settings
 
     yield configure
-    app.amqp.producer_pool.force_close_all()
-    app.pool.force_close_all()
     app.configure(producer_settings)
 
 

@@ -48,3 +48,23 @@ def test_configure_repoints_an_app_that_already_published(redis_server: RedisSer
         assert client.llen(QUEUE) == 1
         client.close()
         app.close()
+
+
+def test_configure_again_with_the_same_settings_keeps_publishing(
+    redis_server: RedisServer,
+) -> None:
+    # Given an app that has published, When it is configured again with the
+    # same settings (kombu keeps one pool per broker URL for the process)
+    with RedisServer() as own:
+        settings = Settings(redis_url=own.url)
+        app = create_app(settings)
+        task = app.task(name="probe")(_probe)
+        task.delay()
+        app.configure(settings)
+
+        # Then publishing still works and reaches the same Redis
+        task.delay()
+        client = redis.Redis.from_url(own.url)
+        assert client.llen(QUEUE) == 2
+        client.close()
+        app.close()

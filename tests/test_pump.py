@@ -39,9 +39,7 @@ ROOMY = Limits(rate=RateLimit(1000, 60), max_concurrency=100)
 def client(producer_settings: Settings) -> Iterator[redis.Redis]:
     """A Redis of the test's own, which the producer publishes to until the test ends.
 
-    One per test, not per module: kombu keeps producer pools in a global
-    registry keyed by broker URL, so a URL whose pool was closed cannot be
-    published to again.
+    One per test, so the broker's lists hold only that test's messages.
     """
     with RedisServer() as server:
         connection = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=5)

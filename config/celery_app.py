@@ -67,8 +67,8 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
             task_default_queue=QUEUE,
             task_time_limit=settings.task_time_limit_s,
             task_soft_time_limit=settings.soft_time_limit_s,
-            worker_send_task_events=True,
-            task_send_sent_event=True,
+            worker_send_task_events=settings.task_events,
+            task_send_sent_event=settings.task_events,
             enable_utc=True,
         )
 

@@ -84,6 +84,17 @@ class Settings(BaseSettings):
     route_cache_s: float = Field(
         2.0, ge=0, description="How long a process trusts its copy of the slow-endpoint set."
     )
+    metrics_flush_s: float = Field(
+        1.0,
+        ge=0,
+        description="How long a worker process sums metrics and endpoint health before "
+        "writing them to Redis in one round trip (0: after every attempt).",
+    )
+    task_events: bool = Field(
+        False,
+        description="Workers always send Celery task events. Off, Flower switches them on "
+        "while it runs (its enable_events), so nobody pays for events nobody reads.",
+    )
 
     visibility_timeout_s: int = Field(
         3600, gt=0, description="Redis broker: when an unacknowledged task is redelivered."

@@ -19,8 +19,9 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.signals import worker_process_shutdown, worker_shutdown
 
-from config.celery_app import WebhooksCelery, app
+from config.celery_app import SLOW_QUEUE, WebhooksCelery, app
 from tasks.routing import router
 from webhooks import backoff
 from webhooks.delivery import Deliverer, Job, Parked
@@ -166,6 +167,7 @@ def deliver_webhook(
     ``attempt``, ``waited_s`` and ``place_ms`` carry a delivery's progress
     across retries and parking; producers leave them out.
     """
+    queue = (self.request.delivery_info or {}).get("routing_key") or ""
     job = Job(
         event=event,
         webhook_id=webhook_id or self.request.id,
@@ -174,8 +176,9 @@ def deliver_webhook(
         retries=self.request.retries,
         waited_s=waited_s,
         place_ms=place_ms,
-        queue=(self.request.delivery_info or {}).get("routing_key") or "",
+        queue=queue,
         worker=self.request.hostname or "",
+        routed_slow=queue == SLOW_QUEUE,
     )
     result = self.deliverer.attempt(job)
     if isinstance(result, Parked):
@@ -191,6 +194,17 @@ def deliver_webhook(
         result.duration_s,
     )
     return {"status": result.status, "attempt": job.attempt}
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def flush_observations(**_: Any) -> None:
+    """Metrics and health a process summed since its last flush die with it
+    otherwise: prefork children leave through ``os._exit``, past ``atexit``.
+    """
+    deliverer: Deliverer | None = deliver_webhook.__dict__.get("deliverer")
+    if deliverer is not None:
+        deliverer.flush()
 
 
 def _attempt_number(request: Any) -> int:

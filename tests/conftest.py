@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -233,10 +233,28 @@ def broker(producer_settings: Settings, test_ca: TestCA) -> Iterator[Broker]:
         yield dedicated
 
 
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], timeout: float = 10.0) -> T:
+    """Poll ``probe`` until it returns something truthy, and return that.
+
+    For what workers write a moment after the outcome: metrics and endpoint
+    health are summed per process and flushed every WEBHOOKS_METRICS_FLUSH_S.
+    """
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not seen within {timeout} s; last probe gave {found!r}")
+        time.sleep(0.05)
+    return found
+
+
 __all__ = [
     "FAST_SCHEDULE",
     "Broker",
     "dedicated_broker",
+    "eventually",
     "make_event",
     "registered",
     "unique_path",

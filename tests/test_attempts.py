@@ -212,3 +212,126 @@ def test_the_observer_swallows_a_redis_outage(redis_server: RedisServer) -> None
     observer.attempted(facts(), started_at=1.0, duration_s=0.1)
     observer.ended("https://receiver.example:443/hook", delivered=True)
     dead.close()
+
+
+# --- metrics and health are summed per process and flushed -----------------------
+
+
+def buffered(client: redis.Redis, log: AttemptLog) -> Observer:
+    # A flush interval far beyond the test: only explicit flush() calls write.
+    return Observer(log, Metrics(client), HealthStore(client, HealthPolicy()), flush_s=3600)
+
+
+def test_a_buffered_observer_writes_the_attempt_at_once_and_the_sums_on_flush(
+    client: redis.Redis, log: AttemptLog
+) -> None:
+    # Given an observer that flushes on demand only
+    observer = buffered(client, log)
+    given = facts()
+
+    # When two quick successful attempts (a retry among them) and the end of the
+    # delivery are reported
+    observer.attempted(given, started_at=1.0, duration_s=0.2)
+    observer.attempted(replace(given, attempt=2), started_at=2.0, duration_s=0.1)
+    observer.ended(given.endpoint, delivered=True)
+
+    # Then the attempt log has both at once, but metrics and health nothing yet
+    assert [r.attempt for r in log.for_message(given.message_id)] == [1, 2]
+    assert Metrics(client).totals() == []
+    assert client.exists(keys.endpoint(given.endpoint).health) == 0
+
+    # When it flushes, Then the sums arrive in full: two attempts, one retry,
+    # one delivery, and health folded both attempts
+    observer.flush()
+    totals = {(s.name, s.labels): s.value for s in Metrics(client).totals()}
+    assert totals[("attempts", (("result", "success"),))] == 2
+    assert totals[("retries", ())] == 1
+    assert totals[("deliveries", (("outcome", "delivered"),))] == 1
+    assert totals[("attempt_duration_sum", ())] == pytest.approx(0.3)
+    health = client.hgetall(keys.endpoint(given.endpoint).health)
+    assert (health["recent"], health["attempts"], health["slow"]) == ("oo", "2", "0")
+
+    # And a second flush with nothing new writes nothing more
+    observer.flush()
+    again = {(s.name, s.labels): s.value for s in Metrics(client).totals()}
+    assert again == totals
+
+
+@pytest.mark.parametrize(
+    ("duration_s", "error", "urgent"),
+    [
+        (0.2, RetryableDeliveryError("timed out", kind=ErrorKind.TIMEOUT), False),
+        (0.2, RetryableDeliveryError("HTTP 500", kind=ErrorKind.HTTP_5XX, status=500), False),
+        (HealthPolicy().recover_ms / 1000 + 0.1, None, False),
+        (0.01, None, True),
+    ],
+    ids=["timeout", "error", "slow answer", "from the slow queue"],
+)
+def test_an_attempt_that_may_move_its_endpoint_is_written_at_once(
+    client: redis.Redis,
+    log: AttemptLog,
+    duration_s: float,
+    error: BaseException | None,
+    urgent: bool,
+) -> None:
+    # Given a buffered observer holding one quick success for an endpoint
+    observer = buffered(client, log)
+    given = facts()
+    observer.attempted(given, started_at=1.0, duration_s=0.01)
+
+    # When an attempt that could change the endpoint's queue is reported
+    observer.attempted(
+        replace(given, attempt=2),
+        started_at=2.0,
+        duration_s=duration_s,
+        error=error,
+        urgent=urgent,
+    )
+
+    # Then health already holds both attempts, without a flush call
+    health = client.hgetall(keys.endpoint(given.endpoint).health)
+    assert health["attempts"] == "2"
+    assert Metrics(client).totals() != []
+
+
+def test_sums_that_could_not_be_written_wait_for_the_next_flush(
+    redis_server: RedisServer,
+) -> None:
+    # Given a buffered observer holding one attempt, whose Redis then goes away
+    client = connect(redis_server.url.rsplit("/", 1)[0] + f"/{DB}", socket_timeout_s=0.5)
+    client.flushdb()
+    port = client.connection_pool.connection_kwargs["port"]
+    observer = buffered(client, AttemptLog(client, retention_s=60))
+    given = facts()
+    observer.attempted(given, started_at=1.0, duration_s=0.05)
+    client.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
+    client.connection_pool.disconnect()
+
+    # When it flushes, Then nothing is raised and nothing is lost:
+    observer.flush()
+
+    # once Redis is back, the next flush writes the attempt
+    client.connection_pool.connection_kwargs["port"] = port
+    client.connection_pool.disconnect()
+    observer.flush()
+    totals = {(s.name, s.labels): s.value for s in Metrics(client).totals()}
+    assert totals[("attempts", (("result", "success"),))] == 1
+    assert client.hget(keys.endpoint(given.endpoint).health, "attempts") == "1"
+    client.close()
+
+
+def test_a_refused_attempt_is_logged_but_not_summed(client: redis.Redis, log: AttemptLog) -> None:
+    observer = buffered(client, log)
+    given = facts()
+
+    observer.attempted(
+        given,
+        started_at=1.0,
+        duration_s=0.0,
+        error=PermanentDeliveryError("no url", kind=ErrorKind.NO_CALLBACK),
+        sent=False,
+    )
+    observer.flush()
+
+    assert [r.outcome for r in log.for_message(given.message_id)] == ["no_callback"]
+    assert Metrics(client).totals() == []

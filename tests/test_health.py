@@ -294,3 +294,36 @@ def test_the_thresholds_come_from_the_environment_and_recover_never_exceeds_slow
     assert (default.slow_ms, default.recover_ms) == (5000.0, 2500.0)
     assert (explicit.slow_ms, explicit.recover_ms) == (800.0, 300.0)
     assert (inverted.slow_ms, inverted.recover_ms) == (800.0, 800.0)
+
+
+# --- a batch of attempts at once (what a worker's flush sends) ---------------------------
+
+
+@pytest.mark.parametrize(
+    "attempts",
+    [
+        [(0.1, "ok"), (1.0, "ok"), (0.0, "ok")],
+        [(0.2, "ok"), (30.0, "timeout"), (0.1, "error"), (0.1, "ok")],
+        [(6.0, "ok"), (4.0, "ok"), (0.1, "ok"), (0.1, "ok"), (0.1, "ok"), (0.1, "ok")],
+        [(0.1, "timeout")] + [(0.05, "ok")] * 6,
+    ],
+)
+def test_a_batch_ends_where_the_same_attempts_one_by_one_end(
+    client: redis.Redis, attempts: list[tuple[float, str]]
+) -> None:
+    # Given two endpoints that see the same attempts in the same order
+    one_by_one, batched = f"{FAST_EP}/a", f"{FAST_EP}/b"
+    store = HealthStore(client, POLICY)
+
+    # When one gets them one call each and the other in a single call
+    for duration_s, outcome in attempts:
+        slow_after_each = store.observe(one_by_one, duration_s=duration_s, outcome=outcome)
+    slow_after_batch = store.observe_many(batched, attempts)
+
+    # Then both end with the same average, recent outcomes, count and flag
+    a, b = health_of(store, one_by_one), health_of(store, batched)
+    assert (b.ewma_ms, b.recent, b.attempts, b.slow) == (a.ewma_ms, a.recent, a.attempts, a.slow)
+    assert slow_after_batch == slow_after_each == a.slow
+    assert a.attempts == len(attempts)
+    # and the slow set agrees with the flag
+    assert (batched in store.slow_endpoints()) == b.slow

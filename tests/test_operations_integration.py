@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from config.celery_app import app
 from config.settings import Settings, child_environment
 from tasks import deliver_webhook
-from tests.conftest import make_event, registered, unique_path, worker_env
+from tests.conftest import eventually, make_event, registered, unique_path, worker_env
 from webhooks.cli import EXIT_NOT_FOUND, main
 from webhooks.conversations import ConversationStore
 from webhooks.delivery import conversation_store
@@ -386,8 +386,14 @@ def test_metrics_scraped_over_http_add_up_across_two_worker_processes(
     assert len(fleet.hostnames()) == 2
 
     # And /metrics, served by its own process, counts every one of them once
-    found = scrape(metrics_port)
-    assert found[("webhooks_attempts_total", (("endpoint", endpoint), ("result", "success")))] == n
+    # (as soon as both workers flushed their sums)
+    attempts = ("webhooks_attempts_total", (("endpoint", endpoint), ("result", "success")))
+
+    def all_counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        got = scrape(metrics_port)
+        return got if got.get(attempts) == n else None
+
+    found = eventually(all_counted)
     assert (
         found[("webhooks_deliveries_total", (("endpoint", endpoint), ("outcome", "delivered")))]
         == n
@@ -420,8 +426,18 @@ def test_stats_reflect_recent_deliveries_retries_and_errors_by_type(
     for webhook_id in published:
         fleet.wait_outcome(webhook_id, "delivered")
 
-    # When the last five minutes are summarized
-    code, out, _ = cli("stats", "--minutes", "5", "--json")
+    # When the last five minutes are summarized, once the workers flushed
+    # their sums (4 attempts to the flaky endpoint, 1 to the healthy one)
+    def summary() -> tuple[int, str] | None:
+        code, out, _ = cli("stats", "--minutes", "5", "--json")
+        counts = {e["endpoint"]: e["attempts"] for e in json.loads(out)["endpoints"]}
+        wanted = {
+            normalize_endpoint(receiver.url(flaky)): 4,
+            normalize_endpoint(receiver.url(healthy)): 1,
+        }
+        return (code, out) if all(counts.get(e) == n for e, n in wanted.items()) else None
+
+    code, out = eventually(summary)
 
     # Then each endpoint has its attempts, success rate, retries and error rates
     assert code == 0

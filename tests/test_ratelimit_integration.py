@@ -201,7 +201,7 @@ class AcquireLog:
 
     def _run(self) -> None:
         try:
-            with self._client.monitor() as monitor:
+            with self._client.monitor() as monitor:  # type: ignore[no-untyped-call]
                 self._started.set()
                 while not self._stopping.is_set():
                     line = monitor.next_command()

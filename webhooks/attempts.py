@@ -14,6 +14,7 @@ import logging
 from dataclasses import asdict, dataclass
 
 import redis
+from redis.client import Pipeline
 
 from webhooks import keys
 
@@ -51,17 +52,19 @@ class AttemptLog:
         self._redis = client
         self._retention_s = retention_s
 
-    def record(self, record: AttemptRecord) -> None:
+    def record(self, record: AttemptRecord, *, pipe: Pipeline | None = None) -> None:
+        """Log and store ``record``; with ``pipe``, queue the writes for its caller."""
         line = record.to_json()
         log.info("%s", line)
         by_message = keys.attempts_by_message(record.message_id)
         by_conversation = keys.attempts_by_conversation(record.conversation_id)
-        pipe = self._redis.pipeline(transaction=False)
+        writes = pipe if pipe is not None else self._redis.pipeline(transaction=False)
         for key, cap in ((by_message, MAX_PER_MESSAGE), (by_conversation, MAX_PER_CONVERSATION)):
-            pipe.lpush(key, line)
-            pipe.ltrim(key, 0, cap - 1)
-            pipe.expire(key, self._retention_s)
-        pipe.execute()
+            writes.lpush(key, line)
+            writes.ltrim(key, 0, cap - 1)
+            writes.expire(key, self._retention_s)
+        if pipe is None:
+            writes.execute()
 
     def for_message(self, message_id: str) -> list[AttemptRecord]:
         """Oldest first."""

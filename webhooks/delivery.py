@@ -14,6 +14,7 @@ from importlib.metadata import version
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from config.settings import Settings
 from webhooks import backoff
@@ -59,12 +60,24 @@ class Job:
     place_ms: int = 0  # place in the endpoint's waiting line, if it was parked
     queue: str = ""  # where the task came from, for the attempt log
     worker: str = ""
+    routed_slow: bool = False  # it came from the slow endpoints' queue
 
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
     status: int
     duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """How one HTTP attempt ended."""
+
+    started_at: float
+    duration_s: float
+    status: int | None = None
+    error: BaseException | None = None
+    hold_s: float = 0.0  # how long the receiver asked every attempt to wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +94,7 @@ class Deliverer:
     def __init__(
         self,
         *,
+        redis_client: redis.Redis,
         sender: Sender,
         conversations: ConversationStore,
         outcomes: OutcomeStore,
@@ -89,6 +103,7 @@ class Deliverer:
         policy: DeliveryPolicy,
         observer: Observer | None = None,
     ) -> None:
+        self.redis = redis_client
         self.sender = sender
         self.conversations = conversations
         self.outcomes = outcomes
@@ -101,6 +116,7 @@ class Deliverer:
     def from_settings(cls, settings: Settings) -> Deliverer:
         client = connect(settings.redis_url, socket_timeout_s=settings.redis_socket_timeout_s)
         return cls(
+            redis_client=client,
             sender=Sender(
                 connect_timeout_s=settings.connect_timeout_s,
                 read_timeout_s=settings.timeout_s,
@@ -117,6 +133,7 @@ class Deliverer:
                 AttemptLog(client, retention_s=settings.log_retention_s),
                 Metrics(client),
                 HealthStore(client, settings.health_policy),
+                flush_s=settings.metrics_flush_s,
             ),
         )
 
@@ -131,7 +148,7 @@ class Deliverer:
             target = resolve_target(parsed, job.callback_url, self.conversations, self.policy)
         except PermanentDeliveryError as exc:
             endpoint = normalize_endpoint(job.callback_url) if job.callback_url else ""
-            self._observe(job, parsed, endpoint, time.time(), 0.0, error=exc, sent=False)
+            self._observe(job, parsed, endpoint, Ended(time.time(), 0.0, error=exc), sent=False)
             raise
         grant = self._acquire(target, job)
         if isinstance(grant, Denied):
@@ -147,22 +164,25 @@ class Deliverer:
         try:
             response = self.sender.post(target.url, body, headers)
         except DeliveryError as exc:
-            self._observe(job, parsed, target.endpoint, started, time.time() - started, error=exc)
             hold_s = self._hold_for(exc, job.retries)
-            self._release(target, grant, hold_s)
+            ended = Ended(started, time.time() - started, error=exc, hold_s=hold_s)
+            self._finish(job, parsed, target, grant, ended)
             if exc.status == 429 and isinstance(exc, RetryableDeliveryError):
                 return self._back_off(target, job, exc, hold_s)
             raise
         except BaseException as exc:
-            self._observe(job, parsed, target.endpoint, started, time.time() - started, error=exc)
-            self._release(target, grant, 0.0)
+            self._finish(
+                job, parsed, target, grant, Ended(started, time.time() - started, error=exc)
+            )
             raise
-        self._observe(
-            job, parsed, target.endpoint, started, response.duration_s, status=response.status
-        )
-        self._release(target, grant, 0.0)
-        self._record_delivered(parsed, job, target, response.status, response.duration_s)
+        ended = Ended(started, response.duration_s, status=response.status)
+        self._finish(job, parsed, target, grant, ended)
         return Delivered(status=response.status, duration_s=response.duration_s)
+
+    def flush(self) -> None:
+        """Write the metrics and health this process has summed so far."""
+        if self.observer is not None:
+            self.observer.flush()
 
     def record_failure(
         self,
@@ -199,12 +219,10 @@ class Deliverer:
         job: Job,
         event: MessageEvent,
         endpoint: str,
-        started_at: float,
-        duration_s: float,
+        ended: Ended,
         *,
-        status: int | None = None,
-        error: BaseException | None = None,
         sent: bool = True,
+        pipe: Pipeline | None = None,
     ) -> None:
         if self.observer is None:
             return
@@ -219,12 +237,53 @@ class Deliverer:
         )
         self.observer.attempted(
             facts,
-            started_at=started_at,
-            duration_s=duration_s,
-            status=status,
-            error=error,
+            started_at=ended.started_at,
+            duration_s=ended.duration_s,
+            status=ended.status,
+            error=ended.error,
             sent=sent,
+            pipe=pipe,
+            urgent=job.routed_slow,
         )
+
+    def _finish(
+        self, job: Job, event: MessageEvent, target: Target, grant: Granted | None, ended: Ended
+    ) -> None:
+        """Everything an attempt leaves in Redis, in one round trip: its record,
+        its slot given back and, once delivered, the outcome.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        self._observe(job, event, target.endpoint, ended, pipe=pipe)
+        parked_at = None
+        if grant is not None and self.limiter is not None:
+            self.limiter.release_into(pipe, target.endpoint, grant.token, hold_s=ended.hold_s)
+            parked_at = len(pipe) - 1
+        if ended.error is None:
+            self.outcomes.delivered(self._delivered(event, job, target, ended), pipe=pipe)
+            if self.observer is not None:
+                self.observer.ended(target.endpoint, delivered=True)
+        try:
+            results = pipe.execute(raise_on_error=False)
+        except redis.RedisError:
+            # The attempt happened; failing the task now would send it again
+            # (or dead-letter a delivered event). Leases expire on their own;
+            # the log line is the record.
+            log.exception(
+                "attempt %d of %s ended (%s) but Redis could not record it",
+                job.attempt,
+                job.webhook_id,
+                "delivered" if ended.error is None else type(ended.error).__name__,
+            )
+            return
+        for result in results:
+            if isinstance(result, Exception):
+                log.warning("could not record part of %s's attempt: %s", job.webhook_id, result)
+        parked = results[parked_at] if parked_at is not None else 0
+        if isinstance(parked, int) and parked > 0:
+            try:
+                self.parking.wake(target.endpoint)
+            except redis.RedisError:
+                log.warning("could not wake the line for %s", target.endpoint, exc_info=True)
 
     def _configured_url(self, conversation_id: Any) -> str | None:
         try:
@@ -242,16 +301,6 @@ class Deliverer:
             raise RetryableDeliveryError(
                 f"cannot reach the rate limiter: {exc}", kind=ErrorKind.INTERNAL
             ) from exc
-
-    def _release(self, target: Target, grant: Granted | None, hold_s: float) -> None:
-        if grant is None or self.limiter is None:
-            return
-        try:
-            if self.limiter.release(target.endpoint, grant.token, hold_s=hold_s) > 0:
-                self.parking.wake(target.endpoint)
-        except redis.RedisError:
-            # The lease expires on its own; the delivery's result stands.
-            log.warning("could not release a slot for %s", target.endpoint, exc_info=True)
 
     def _hold_for(self, exc: DeliveryError, retries: int) -> float:
         """How long the receiver asked every attempt to it to wait (429/503)."""
@@ -304,27 +353,18 @@ class Deliverer:
             ) from exc
         return Parked(wait_s=wait_s, reason=reason)
 
-    def _record_delivered(
-        self, event: MessageEvent, job: Job, target: Target, status: int, duration_s: float
-    ) -> None:
-        outcome = Outcome(
+    @staticmethod
+    def _delivered(event: MessageEvent, job: Job, target: Target, ended: Ended) -> Outcome:
+        return Outcome(
             webhook_id=job.webhook_id,
             state="delivered",
             conversation_id=str(event.conversation_id),
             message_id=str(event.data.id),
             url=target.url,
             attempts=job.attempt,
-            status=status,
-            duration_s=round(duration_s, 6),
+            status=ended.status,
+            duration_s=round(ended.duration_s, 6),
         )
-        if self.observer is not None:
-            self.observer.ended(target.endpoint, delivered=True)
-        try:
-            self.outcomes.delivered(outcome)
-        except redis.RedisError:
-            # The receiver has it; failing the task now would dead-letter a
-            # delivered event. The log line is the record.
-            log.exception("delivered %s but could not record the outcome", job.webhook_id)
 
 
 def conversation_store(client: redis.Redis, settings: Settings) -> ConversationStore:

@@ -10,6 +10,7 @@ flapping between queues.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -42,23 +43,22 @@ class EndpointHealth:
 class HealthStore:
     def __init__(self, client: redis.Redis, policy: HealthPolicy) -> None:
         self._redis = client
-        self._policy = policy
+        self.policy = policy
         self._observe = load_script(client, "health")
 
     def observe(self, endpoint: str, *, duration_s: float, outcome: str) -> bool:
         """Fold in one attempt (``outcome``: ok, error or timeout); True if slow now."""
-        p = self._policy
+        return self.observe_many(endpoint, [(duration_s, outcome)])
+
+    def observe_many(self, endpoint: str, attempts: Sequence[tuple[float, str]]) -> bool:
+        """Fold in ``(duration_s, outcome)`` pairs, oldest first, in one round trip."""
+        p = self.policy
+        pairs: list[float | str] = []
+        for duration_s, outcome in attempts:
+            pairs += [round(duration_s * 1000, 1), {"ok": "o", "timeout": "t"}.get(outcome, "e")]
         slow, changed, new = self._observe(
             keys=[keys.endpoint(endpoint).health],
-            args=[
-                round(duration_s * 1000, 1),
-                {"ok": "o", "timeout": "t"}.get(outcome, "e"),
-                p.alpha,
-                p.slow_ms,
-                p.recover_ms,
-                p.recent_n,
-                _FORGET_AFTER_S,
-            ],
+            args=[p.alpha, p.slow_ms, p.recover_ms, p.recent_n, _FORGET_AFTER_S, *pairs],
         )
         if changed or new:
             pipe = self._redis.pipeline(transaction=False)

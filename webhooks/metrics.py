@@ -21,7 +21,14 @@ import redis
 from webhooks import keys
 from webhooks.ratelimit import load_script
 
-__all__ = ["BUCKETS_S", "Metrics", "Sample", "bucket_for"]
+__all__ = [
+    "BUCKETS_S",
+    "Metrics",
+    "Sample",
+    "attempt_fields",
+    "bucket_for",
+    "delivery_fields",
+]
 
 #: Upper bounds of the attempt duration histogram, seconds.
 BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -44,6 +51,25 @@ def bucket_for(duration_s: float) -> str:
     return "+Inf"
 
 
+def attempt_fields(*, result: str, duration_s: float, attempt: int) -> list[tuple[str, float]]:
+    """The increments one HTTP attempt makes (``result``: "success" or an ErrorKind)."""
+    fields: list[tuple[str, float]] = [
+        (f"attempts\t\tresult={result}", 1),
+        (f"attempt_duration_bucket\t\tle={bucket_for(duration_s)}", 1),
+        ("attempt_duration_sum\t\t", duration_s),
+    ]
+    if result != "success":
+        fields.append((f"errors\t\tkind={result}", 1))
+    if attempt > 1:
+        fields.append(("retries\t\t", 1))
+    return fields
+
+
+def delivery_fields(outcome: str) -> list[tuple[str, float]]:
+    """The increment the end of a delivery makes ("delivered" or "failed")."""
+    return [(f"deliveries\t\toutcome={outcome}", 1)]
+
+
 class Metrics:
     def __init__(self, client: redis.Redis, *, max_endpoints: int = 50) -> None:
         self._redis = client
@@ -54,22 +80,14 @@ class Metrics:
         self, endpoint: str, *, result: str, duration_s: float, attempt: int
     ) -> None:
         """One HTTP attempt: ``result`` is "success" or an ErrorKind value."""
-        fields: list[tuple[str, float]] = [
-            (f"attempts\t\tresult={result}", 1),
-            (f"attempt_duration_bucket\t\tle={bucket_for(duration_s)}", 1),
-            ("attempt_duration_sum\t\t", duration_s),
-        ]
-        if result != "success":
-            fields.append((f"errors\t\tkind={result}", 1))
-        if attempt > 1:
-            fields.append(("retries\t\t", 1))
-        self._add(endpoint, fields)
+        self.add(endpoint, attempt_fields(result=result, duration_s=duration_s, attempt=attempt))
 
     def observe_delivery(self, endpoint: str, *, outcome: str) -> None:
         """A delivery ended: ``outcome`` is "delivered" or "failed"."""
-        self._add(endpoint, [(f"deliveries\t\toutcome={outcome}", 1)])
+        self.add(endpoint, delivery_fields(outcome))
 
-    def _add(self, endpoint: str, fields: list[tuple[str, float]]) -> None:
+    def add(self, endpoint: str, fields: Iterable[tuple[str, float]]) -> None:
+        """Add ``(field, increment)`` pairs to the totals and this minute, in one call."""
         minute = int(time.time() // 60)
         args: list[str | float] = [endpoint, self._max_endpoints, MINUTE_TTL_S]
         for field, increment in fields:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from webhooks import keys
 
@@ -43,8 +44,9 @@ class OutcomeStore:
         self._redis = client
         self._retention_s = retention_s
 
-    def delivered(self, outcome: Outcome) -> None:
-        self._redis.set(
+    def delivered(self, outcome: Outcome, *, pipe: Pipeline | None = None) -> None:
+        """Record a delivery; with ``pipe``, queue the write for its caller."""
+        (pipe if pipe is not None else self._redis).set(
             keys.delivery(outcome.webhook_id), json.dumps(asdict(outcome)), ex=self._retention_s
         )
 

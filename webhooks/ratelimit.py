@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 
 import redis
+from redis.client import Pipeline
 from redis.commands.core import Script
 
 from webhooks import keys
@@ -115,6 +116,20 @@ class Limiter:
                 reset_s=math.ceil(int(extra) / 1000),
             )
         return Denied(wait_s=max(int(value), 1) / 1000, reason=str(extra))
+
+    def release_into(
+        self, pipe: Pipeline, endpoint: str, token: str, *, hold_s: float = 0.0
+    ) -> None:
+        """Queue :meth:`release` on ``pipe``; its last result is the parked count.
+
+        Without a hold no script is needed: two plain commands do it.
+        """
+        ek = keys.endpoint(endpoint)
+        if hold_s > 0:
+            self._release(keys=ek.for_script(), args=[token, math.ceil(hold_s * 1000)], client=pipe)
+        else:
+            pipe.zrem(ek.inflight, token)
+            pipe.zcard(ek.parked)
 
     def release(self, endpoint: str, token: str, *, hold_s: float = 0.0) -> int:
         """Free the slot; ``hold_s`` keeps every attempt to the endpoint back.

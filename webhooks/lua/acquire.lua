@@ -18,23 +18,28 @@ local window = tonumber(ARGV[2])
 local cap = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
 
-local hold = tonumber(redis.call('GET', KEYS[3]) or '0')
-if hold > now then
-  return {0, hold - now, 'hold'}
+-- Usually neither a hold nor a line exists: one EXISTS tells.
+if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
+  local hold = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if hold > now then
+    return {0, hold - now, 'hold'}
+  end
+  -- A fresh delivery joins the back of a non-empty line instead of taking
+  -- the slot a waiting one is about to get: otherwise a steady stream of new
+  -- events would starve the line.
+  if ARGV[6] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then
+    return {0, 1, 'line'}
+  end
 end
 
--- A fresh delivery joins the back of a non-empty line instead of taking
--- the slot a waiting one is about to get: otherwise a steady stream of new
--- events would starve the line.
-if ARGV[6] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then
-  return {0, 1, 'line'}
-end
-
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+-- Expired leases (their worker died) are swept only when they would matter.
 if redis.call('ZCARD', KEYS[2]) >= cap then
-  -- Worst case the earliest lease expires; a release wakes waiters sooner.
-  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  return {0, tonumber(first[2]) - now, 'concurrency'}
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) >= cap then
+    -- Worst case the earliest lease expires; a release wakes waiters sooner.
+    local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+    return {0, tonumber(first[2]) - now, 'concurrency'}
+  end
 end
 
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)

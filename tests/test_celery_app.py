@@ -28,6 +28,16 @@ def test_separate_broker_url_is_used_for_the_broker_only() -> None:
     assert create_app(settings).conf.broker_url == "redis://broker:6379/1"
 
 
+def test_task_events_are_left_to_flower_unless_asked_for() -> None:
+    # Flower switches worker events on while it runs (enable_events), so by
+    # default nobody pays for events nobody reads
+    quiet = create_app(Settings(redis_url="redis://example.invalid:6379/0")).conf
+    assert (quiet.worker_send_task_events, quiet.task_send_sent_event) == (False, False)
+
+    loud = create_app(Settings(redis_url="redis://example.invalid:6379/0", task_events=True)).conf
+    assert (loud.worker_send_task_events, loud.task_send_sent_event) == (True, True)
+
+
 def _probe() -> None:
     """A task body; never run, only published."""
 

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     route_cache_s: float = Field(
         2.0, ge=0, description="How long a process trusts its copy of the slow-endpoint set."
     )
+    config_cache_s: float = Field(
+        1.0,
+        ge=0,
+        description="How long a worker process reuses a conversation's configuration "
+        "before reading it again (0: on every attempt).",
+    )
     metrics_flush_s: float = Field(
         1.0,
         ge=0,

@@ -11,7 +11,7 @@ import redis
 
 from config.settings import Settings
 from webhooks import keys
-from webhooks.conversations import Conversation, ConversationStore
+from webhooks.conversations import CachedConversations, Conversation, ConversationStore
 from webhooks.errors import InvalidConfiguration, PolicyRefusal
 from webhooks.signing import generate_secret
 
@@ -322,3 +322,77 @@ def test_strict_store_accepts_a_name_that_resolves_publicly(
 
     # Then it is stored
     assert strict.get(stored.conversation_id) == stored
+
+
+#: A second callback, for tests that change it.
+OTHER = "https://127.0.0.1:9443/other"
+
+
+# --- a worker's cached view ----------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_cached_view_serves_its_copy_until_it_expires(conversations: ConversationStore) -> None:
+    # Given a worker's view with a 1 s cache that has read a conversation
+    clock = Clock()
+    view = CachedConversations(conversations, ttl_s=1.0, clock=clock)
+    cid = new_id()
+    conversations.set(cid, guide_config())
+    assert view.get(cid) is not None
+
+    # When the callback changes
+    conversations.set(cid, guide_config(OTHER))
+
+    # Then attempts within the second still see the copy, later ones the change
+    clock.now += 0.99
+    assert view.get(cid).config.callback_url == URL  # type: ignore[union-attr]
+    clock.now += 0.01
+    assert view.get(cid).config.callback_url == OTHER  # type: ignore[union-attr]
+
+
+def test_a_missing_conversation_is_not_cached(conversations: ConversationStore) -> None:
+    # Given a view that found no configuration for an id
+    view = CachedConversations(conversations, ttl_s=60.0, clock=Clock())
+    cid = new_id()
+    assert view.get(cid) is None
+
+    # When it is registered, Then the very next read finds it
+    conversations.set(cid, guide_config())
+    assert view.get(cid) is not None
+
+    # And once deleted, it is gone when the copy expires, not kept as stale
+    conversations.delete(cid)
+    assert CachedConversations(conversations, ttl_s=0.0).get(cid) is None
+
+
+def test_a_zero_ttl_reads_every_time(conversations: ConversationStore) -> None:
+    view = CachedConversations(conversations, ttl_s=0.0, clock=Clock())
+    cid = new_id()
+    conversations.set(cid, guide_config())
+    assert view.get(cid) is not None
+
+    conversations.set(cid, guide_config(OTHER))
+
+    assert view.get(cid).config.callback_url == OTHER  # type: ignore[union-attr]
+
+
+def test_the_cache_is_bounded(conversations: ConversationStore) -> None:
+    # Given a view that holds at most 3 conversations
+    clock = Clock()
+    view = CachedConversations(conversations, ttl_s=60.0, max_entries=3, clock=clock)
+    ids = [new_id() for _ in range(4)]
+    for cid in ids:
+        conversations.set(cid, guide_config())
+
+    # When it has read 4, Then it holds no more than 3 and still answers for all
+    for cid in ids:
+        assert view.get(cid) is not None
+    assert len(view._seen) <= 3
+    assert all(view.get(cid) is not None for cid in ids)

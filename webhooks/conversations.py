@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 from uuid import UUID
 
 import redis
@@ -24,7 +25,14 @@ from webhooks.ratelimit import Limits, RateLimit
 from webhooks.signing import generate_secret, secret_key
 from webhooks.urlpolicy import check_url, resolve_public
 
-__all__ = ["CallbackConfig", "Conversation", "ConversationConfig", "ConversationStore"]
+__all__ = [
+    "CachedConversations",
+    "CallbackConfig",
+    "Conversation",
+    "ConversationConfig",
+    "ConversationReader",
+    "ConversationStore",
+]
 
 
 class CallbackConfig(BaseModel):
@@ -193,6 +201,51 @@ class ConversationStore:
         pipe.set(keys.conversation(conversation.conversation_id), conversation.model_dump_json())
         pipe.sadd(keys.CONVERSATIONS, conversation.conversation_id)
         pipe.execute()
+
+
+class ConversationReader(Protocol):
+    def get(self, conversation_id: str) -> Conversation | None: ...
+
+
+class CachedConversations:
+    """A worker process's view of the conversations, at most ``ttl_s`` old.
+
+    Reading and parsing the configuration was one Redis round trip of three
+    per attempt. With a cache, a changed callback, rotated secret or new limit
+    reaches attempts that start up to ``ttl_s`` later (1 s by default);
+    ``ttl_s=0`` reads on every attempt. A missing conversation is never cached,
+    so one registered a moment ago is found at once.
+    """
+
+    def __init__(
+        self,
+        store: ConversationStore,
+        *,
+        ttl_s: float,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._seen: dict[str, tuple[float, Conversation]] = {}
+
+    def get(self, conversation_id: str) -> Conversation | None:
+        if self._ttl_s <= 0:
+            return self.store.get(conversation_id)
+        now = self._clock()
+        cached = self._seen.get(conversation_id)
+        if cached is not None and now - cached[0] < self._ttl_s:
+            return cached[1]
+        found = self.store.get(conversation_id)
+        if found is None:
+            self._seen.pop(conversation_id, None)
+            return None
+        if len(self._seen) >= self._max_entries:
+            self._seen.clear()  # bounded; one round trip each to refill
+        self._seen[conversation_id] = (now, found)
+        return found
 
 
 def as_json(conversation: Conversation) -> str:

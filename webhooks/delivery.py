@@ -19,7 +19,7 @@ from redis.client import Pipeline
 from config.settings import Settings
 from webhooks import backoff
 from webhooks.attempts import AttemptLog
-from webhooks.conversations import ConversationStore
+from webhooks.conversations import CachedConversations, ConversationReader, ConversationStore
 from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import (
     DeliveryError,
@@ -96,7 +96,7 @@ class Deliverer:
         *,
         redis_client: redis.Redis,
         sender: Sender,
-        conversations: ConversationStore,
+        conversations: ConversationReader,
         outcomes: OutcomeStore,
         limiter: Limiter | None,
         parking: ParkingLot,
@@ -124,7 +124,9 @@ class Deliverer:
                 ca_bundle=settings.ca_bundle,
                 user_agent=USER_AGENT,
             ),
-            conversations=conversation_store(client, settings),
+            conversations=CachedConversations(
+                conversation_store(client, settings), ttl_s=settings.config_cache_s
+            ),
             outcomes=OutcomeStore(client, retention_s=settings.outcome_retention_s),
             limiter=Limiter(client, lease_s=settings.lease_s) if settings.limits_enabled else None,
             parking=ParkingLot(client),

@@ -1,8 +1,9 @@
 """Where an event goes and how it is signed and limited: its target.
 
-Resolved on every attempt, from the conversation's configuration in Redis
-(or the event's explicit ``callback_url``), so a changed callback, rotated
-secret or new limit applies to the very next attempt.
+Resolved on every attempt, from the conversation's configuration (or the
+event's explicit ``callback_url``), so a changed callback, rotated secret or
+new limit applies to the next attempts: in a worker, those that start after
+its copy of the configuration expires (``WEBHOOKS_CONFIG_CACHE_S``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import redis
 
 from config.settings import Settings
-from webhooks.conversations import Conversation, ConversationStore
+from webhooks.conversations import Conversation, ConversationReader
 from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import ErrorKind, PermanentDeliveryError, PolicyRefusal, RetryableDeliveryError
 from webhooks.events import MessageEvent
@@ -59,7 +60,7 @@ class Target:
 def resolve_target(
     event: MessageEvent,
     callback_url: str | None,
-    conversations: ConversationStore,
+    conversations: ConversationReader,
     policy: DeliveryPolicy,
 ) -> Target:
     """The event's target; raise a :class:`DeliveryError` if it has none usable."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import redis
 from redis.client import Pipeline
@@ -44,7 +44,14 @@ class AttemptRecord:
     worker: str
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # Every field is a plain value: a shallow dict is what asdict() builds,
+        # without its deep copy of each one (a tenth of a millisecond per attempt).
+        return json.dumps(
+            {name: getattr(self, name) for name in _RECORD_FIELDS}, separators=(",", ":")
+        )
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(AttemptRecord))
 
 
 class AttemptLog:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import redis
@@ -34,9 +34,16 @@ class Outcome:
     duration_s: float | None = None
     finished_at: float = field(default_factory=time.time)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Shallow, as every field is a plain value: asdict() deep-copies each."""
+        return {name: getattr(self, name) for name in _OUTCOME_FIELDS}
+
     @classmethod
     def from_json(cls, raw: str) -> Outcome:
         return cls(**json.loads(raw))
+
+
+_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
 
 
 class OutcomeStore:
@@ -47,15 +54,15 @@ class OutcomeStore:
     def delivered(self, outcome: Outcome, *, pipe: Pipeline | None = None) -> None:
         """Record a delivery; with ``pipe``, queue the write for its caller."""
         (pipe if pipe is not None else self._redis).set(
-            keys.delivery(outcome.webhook_id), json.dumps(asdict(outcome)), ex=self._retention_s
+            keys.delivery(outcome.webhook_id), json.dumps(outcome.to_dict()), ex=self._retention_s
         )
 
     def failed(self, outcome: Outcome, *, event: Any, callback_url: str | None) -> None:
         """Record the failure and keep the payload as a dead letter, atomically."""
-        letter = {"outcome": asdict(outcome), "event": event, "callback_url": callback_url}
+        letter = {"outcome": outcome.to_dict(), "event": event, "callback_url": callback_url}
         pipe = self._redis.pipeline(transaction=True)
         pipe.set(
-            keys.delivery(outcome.webhook_id), json.dumps(asdict(outcome)), ex=self._retention_s
+            keys.delivery(outcome.webhook_id), json.dumps(outcome.to_dict()), ex=self._retention_s
         )
         pipe.set(keys.dead_letter(outcome.webhook_id), json.dumps(letter))
         pipe.zadd(keys.DEAD_LETTERS, {outcome.webhook_id: outcome.finished_at})

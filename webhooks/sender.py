@@ -53,30 +53,30 @@ class Sender:
         user_agent: str,
     ) -> None:
         self._timeout = (connect_timeout_s, read_timeout_s)
-        self._session = requests.Session()
-        # No proxies or .netrc from the environment: the address policy must
-        # see the real destination.
-        self._session.trust_env = False
-        adapter = GuardedAdapter(allow_private=allow_private, ca_bundle=ca_bundle)
-        self._session.mount("https://", adapter)
-        self._session.mount("http://", adapter)
-        self._session.headers.clear()
-        self._session.headers["User-Agent"] = user_agent
+        self._user_agent = user_agent
+        # The adapter alone, without a requests.Session around it: no cookies
+        # carried from one receiver's answer into the next delivery, no proxies
+        # or .netrc from the environment (the address policy must see the
+        # real destination), no redirects, and about a tenth of a millisecond
+        # less per request than Session.request's merging of settings.
+        self._adapter = GuardedAdapter(allow_private=allow_private, ca_bundle=ca_bundle)
 
     def close(self) -> None:
-        self._session.close()
+        self._adapter.close()
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> SentResponse:
         """POST ``body``; return on 2xx, raise a :class:`DeliveryError` otherwise."""
         started = time.perf_counter()
         try:
-            response = self._session.post(
-                url,
+            request = requests.PreparedRequest()
+            request.prepare(
+                method="POST",
+                url=url,
+                headers={"User-Agent": self._user_agent, **headers},
                 data=body,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-                stream=True,
+            )
+            response = self._adapter.send(
+                request, stream=True, timeout=self._timeout, verify=True, proxies=None
             )
         except PolicyRefusal as exc:
             raise PermanentDeliveryError(str(exc), kind=ErrorKind.REFUSED_BY_POLICY) from exc

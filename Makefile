@@ -38,5 +38,6 @@ clean:
 
 ## make bench: benchmark scripts (not part of `make test`); reports go to bench-results/.
 bench: $(STAMP)
+	$(BIN)/python -m bench.compare
 	$(BIN)/python -m bench.ratelimit_overhead
 	$(BIN)/python -m bench.isolation

@@ -154,8 +154,9 @@ def run(ca: TestCA, c: Contender, events: int, rate: float, slow_slots: int) -> 
         prefork = WorkerProcess(r.env, concurrency=PREFORK, name="prefork", queues=fast_q)
         gevent = WorkerProcess(r.env, concurrency=slow_slots, name="gevent", queues=slow_q,
                                extra_args=("--pool", "gevent"))  # fmt: skip
-        stack.enter_context(prefork)
-        stack.enter_context(gevent)
+        for worker in (prefork, gevent):
+            stack.callback(worker.stop)  # before start(): a SIGTERM while it starts stops it too
+            worker.start()
         warm_up(r, slow_cid if c.slow_endpoint else None)
         if not c.split:
             r.client.delete(keys.SLOW_ENDPOINTS)

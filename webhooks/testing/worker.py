@@ -36,10 +36,11 @@ class WorkerProcess:
         cwd: Path | None = None,
         extra_args: tuple[str, ...] = (),
         queues: str = ALL_QUEUES,
+        app: str = "config.celery_app",
     ) -> None:
         self._env = child_environment(dict(env))
         self._args = [
-            sys.executable, "-m", "celery", *WORKER_ARGS, "-Q", queues,
+            sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues,
             "--concurrency", str(concurrency),
             "--hostname", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
             "--loglevel", "INFO",

@@ -37,7 +37,8 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo
 
 ## make bench: benchmark scripts (not part of `make test`); reports go to bench-results/.
+## bench.compare runs bench.isolation's scenario itself; run that one alone for its details.
 bench: $(STAMP)
 	$(BIN)/python -m bench.compare
+	$(BIN)/python -m bench.attempt_cpu
 	$(BIN)/python -m bench.ratelimit_overhead
-	$(BIN)/python -m bench.isolation

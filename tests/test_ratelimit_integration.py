@@ -179,8 +179,8 @@ class AcquireLog:
     def __init__(self, server_url: str, endpoint: str) -> None:
         self._client = redis.Redis.from_url(server_url, decode_responses=True)
         self._key = keys.endpoint(endpoint).window
+        self._sentinel = f"acquire-log-end-{uuid.uuid4().hex}"
         self.starts_ms: dict[str, int] = {}
-        self._stopping = threading.Event()
         self._started = threading.Event()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -191,11 +191,12 @@ class AcquireLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stopping.set()
-        self._client.ping()  # one more line on the stream wakes the reader
-        self._thread.join(10)
+        # The reader stops at this ECHO, so every line before it, however far
+        # behind the reader is, is read first.
+        self._client.echo(self._sentinel)
+        self._thread.join(60)
         self._client.close()
-        assert not self._thread.is_alive(), "the MONITOR reader did not stop"
+        assert not self._thread.is_alive(), "the MONITOR reader did not reach the end marker"
         if self._failure is not None:
             raise self._failure
 
@@ -203,11 +204,13 @@ class AcquireLog:
         try:
             with self._client.monitor() as monitor:  # type: ignore[no-untyped-call]
                 self._started.set()
-                while not self._stopping.is_set():
+                while True:
                     line = monitor.next_command()
+                    words = line["command"].split(" ")
+                    if words[0].upper() == "ECHO" and words[1:] == [self._sentinel]:
+                        return
                     if line["client_type"] != "lua":
                         continue
-                    words = line["command"].split(" ")
                     if words[0].upper() == "ZADD" and words[1] == self._key:
                         self.starts_ms[words[3]] = int(words[2])
         except BaseException as failure:  # surfaced in __exit__

@@ -255,7 +255,6 @@ class Deliverer:
         its slot given back and, once delivered, the outcome.
         """
         pipe = self.redis.pipeline(transaction=False)
-        self._observe(job, event, target.endpoint, ended, pipe=pipe)
         parked_at = None
         if grant is not None and self.limiter is not None:
             self.limiter.release_into(pipe, target.endpoint, grant.token, hold_s=ended.hold_s)
@@ -263,7 +262,19 @@ class Deliverer:
         if ended.error is None:
             self.outcomes.delivered(self._delivered(event, job, target, ended), pipe=pipe)
             if self.observer is not None:
+                # Summed before the attempt, so no flush shows the attempt
+                # without its delivery.
                 self.observer.ended(target.endpoint, delivered=True)
+        try:
+            self._observe(job, event, target.endpoint, ended, pipe=pipe)
+        finally:
+            # Even if observing was interrupted (a soft time limit during a
+            # flush), the slot goes back and the outcome is kept.
+            self._write(pipe, job, target, ended, parked_at)
+
+    def _write(
+        self, pipe: Pipeline, job: Job, target: Target, ended: Ended, parked_at: int | None
+    ) -> None:
         try:
             results = pipe.execute(raise_on_error=False)
         except redis.RedisError:

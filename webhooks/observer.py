@@ -85,7 +85,8 @@ class Observer:
         self._health = health
         self._flush_s = flush_s
         self._pending = _Pending()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _pending
+        self._flushing = threading.Lock()  # one flush at a time
         self._flusher_pid = 0
 
     def attempted(
@@ -158,25 +159,38 @@ class Observer:
         self._flush_soon()
 
     def flush(self) -> None:
-        """Write what this process summed since the last flush."""
-        with self._lock:
-            pending, self._pending = self._pending, _Pending()
-        unwritten = _Pending()
-        for endpoint, counts in pending.metrics.items():
-            try:
-                self._metrics.add(endpoint, counts.items())
-            except redis.RedisError:
-                log.warning("could not write metrics for %s", endpoint, exc_info=True)
-                unwritten.metrics[endpoint] = counts
-        for endpoint, attempts in pending.health.items():
-            try:
-                self._health.observe_many(endpoint, attempts)
-            except redis.RedisError:
-                log.warning("could not update the health of %s", endpoint, exc_info=True)
-                unwritten.health[endpoint] = attempts
-        if unwritten.metrics or unwritten.health:
+        """Write what this process summed since the last flush.
+
+        One flush at a time: a flush returns only once everything summed
+        before it was called is written (or kept for the next one), also when
+        the background flusher had already taken part of it.
+        """
+        with self._flushing:
             with self._lock:
-                self._pending.merge(unwritten)
+                pending, self._pending = self._pending, _Pending()
+            unwritten = _Pending()
+            try:
+                for endpoint in list(pending.metrics):
+                    counts = pending.metrics.pop(endpoint)
+                    try:
+                        self._metrics.add(endpoint, counts.items())
+                    except redis.RedisError:
+                        log.warning("could not write metrics for %s", endpoint, exc_info=True)
+                        unwritten.metrics[endpoint] = counts
+                for endpoint in list(pending.health):
+                    attempts = pending.health.pop(endpoint)
+                    try:
+                        self._health.observe_many(endpoint, attempts)
+                    except redis.RedisError:
+                        log.warning("could not update the health of %s", endpoint, exc_info=True)
+                        unwritten.health[endpoint] = attempts
+            finally:
+                # Failed writes, and on an interruption (a soft time limit)
+                # whatever was not tried yet, wait for the next flush.
+                unwritten.merge(pending)
+                if unwritten.metrics or unwritten.health:
+                    with self._lock:
+                        self._pending.merge(unwritten)
 
     def _flush_soon(self) -> None:
         if self._flush_s <= 0:

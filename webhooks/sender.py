@@ -41,7 +41,7 @@ class SentResponse:
 
 
 class Sender:
-    """One pooled, policy-guarded HTTP session; build one per worker process."""
+    """One pooled, policy-guarded HTTP connection pool; build one per worker process."""
 
     def __init__(
         self,

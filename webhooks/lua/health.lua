@@ -41,7 +41,7 @@ end
 local t = redis.call('TIME')
 redis.call('HSET', KEYS[1], 'ewma_ms', string.format('%.1f', ewma), 'recent', recent,
   'slow', slow and '1' or '0', 'updated_ms', t[1] * 1000 + math.floor(t[2] / 1000),
-  'attempts', (tonumber(h[4]) or 0) + (#ARGV - 5) / 2)
+  'attempts', string.format('%d', (tonumber(h[4]) or 0) + (#ARGV - 5) / 2))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 local changed = 0
 if slow ~= was_slow then changed = 1 end

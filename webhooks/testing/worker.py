@@ -40,7 +40,7 @@ class WorkerProcess:
     ) -> None:
         self._env = child_environment(dict(env))
         self._args = [
-            sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues,
+            sys.executable, "-m", "celery", "-A", app, *WORKER_ARGS[2:], "-Q", queues,
             "--concurrency", str(concurrency),
             "--hostname", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
             "--loglevel", "INFO",

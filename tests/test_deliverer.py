@@ -1,0 +1,149 @@
+"""webhooks.delivery.Deliverer: what one attempt leaves in Redis, in its one round trip.
+
+A real Redis of the module's own (the session worker's pump would take
+whatever is parked in the shared one) and a fake sender: the HTTP side is
+covered by tests/test_sender.py and the integration tests; here the subject
+is the pipeline after the attempt: the record, the lease, the outcome, the
+wake of a waiting line.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+import redis
+
+from config.settings import Settings
+from tests.conftest import make_event
+from webhooks import keys
+from webhooks.attempts import AttemptLog
+from webhooks.delivery import Delivered, Deliverer, Job, conversation_store
+from webhooks.endpoints import normalize_endpoint
+from webhooks.errors import ErrorKind, RetryableDeliveryError
+from webhooks.events import parse_event
+from webhooks.outcomes import OutcomeStore
+from webhooks.sender import SentResponse
+from webhooks.testing.redis_server import RedisServer
+
+URL = "https://127.0.0.1:9/hook"
+ENDPOINT = normalize_endpoint(URL)
+
+
+class FakeSender:
+    """Answers every POST as told: a response, or an error to raise."""
+
+    def __init__(self, answer: SentResponse | Exception) -> None:
+        self.answer = answer
+        self.posts: list[dict[str, str]] = []
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> SentResponse:
+        self.posts.append(headers)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def client(own_redis: RedisServer) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=5)
+    connection.flushall()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def settings(own_redis: RedisServer) -> Settings:
+    return Settings(redis_url=own_redis.url, allow_private_networks=True, metrics_flush_s=0)
+
+
+def deliverer_with(settings: Settings, answer: SentResponse | Exception) -> Deliverer:
+    deliverer = Deliverer.from_settings(settings)
+    deliverer.sender = FakeSender(answer)  # type: ignore[assignment]
+    return deliverer
+
+
+def a_job(client: redis.Redis, settings: Settings) -> Job:
+    cid = str(uuid.uuid4())
+    conversation_store(client, settings).set(cid, {"config": {"callback_url": URL}})
+    event = parse_event(make_event(cid)).model_dump(mode="json")
+    return Job(
+        event=event,
+        webhook_id=f"msg_{uuid.uuid4().hex}",
+        callback_url=None,
+        attempt=1,
+        retries=0,
+        queue="webhooks",
+        worker="test",
+    )
+
+
+def test_a_delivered_attempt_leaves_its_record_its_outcome_and_no_lease(
+    client: redis.Redis, settings: Settings
+) -> None:
+    # Given a receiver that answers 200
+    deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01, excerpt=""))
+    job = a_job(client, settings)
+
+    # When one attempt is made
+    result = deliverer.attempt(job)
+
+    # Then it was delivered, with rate-limit headers, and Redis holds the
+    # outcome and the attempt record, and the slot is free again
+    assert result == Delivered(status=200, duration_s=0.01)
+    (headers,) = deliverer.sender.posts  # type: ignore[attr-defined]
+    assert headers["X-RateLimit-Remaining"] == "99"
+    outcome = OutcomeStore(client, retention_s=60).get(job.webhook_id)
+    assert outcome is not None
+    assert (outcome.state, outcome.status, outcome.attempts) == ("delivered", 200, 1)
+    (record,) = AttemptLog(client, retention_s=60).for_message(job.event["data"]["id"])
+    assert (record.webhook_id, record.outcome, record.status) == (job.webhook_id, "delivered", 200)
+    ek = keys.endpoint(ENDPOINT)
+    assert client.zcard(ek.inflight) == 0
+    assert client.zcard(ek.window) == 1
+
+
+def test_a_failed_attempt_frees_its_slot_and_records_no_outcome(
+    client: redis.Redis, settings: Settings
+) -> None:
+    # Given a receiver that answers 500
+    error = RetryableDeliveryError("HTTP 500", kind=ErrorKind.HTTP_5XX, status=500)
+    deliverer = deliverer_with(settings, error)
+    job = a_job(client, settings)
+
+    # When one attempt is made, Then the error reaches the caller (Celery retries)
+    with pytest.raises(RetryableDeliveryError):
+        deliverer.attempt(job)
+
+    # And the slot is free, the attempt is recorded, and no outcome exists yet
+    assert client.zcard(keys.endpoint(ENDPOINT).inflight) == 0
+    (record,) = AttemptLog(client, retention_s=60).for_message(job.event["data"]["id"])
+    assert (record.outcome, record.status) == ("http_5xx", 500)
+    assert OutcomeStore(client, retention_s=60).get(job.webhook_id) is None
+
+
+def test_a_freed_slot_wakes_the_endpoints_waiting_line(
+    client: redis.Redis, settings: Settings
+) -> None:
+    # Given an endpoint with a delivery waiting in line, due only in an hour
+    deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01, excerpt=""))
+    job = a_job(client, settings)
+    later_ms = int((time.time() + 3600) * 1000)
+    client.zadd(keys.endpoint(ENDPOINT).parked, {"someone-waiting": 1})
+    client.zadd(keys.PARKED_ENDPOINTS, {ENDPOINT: later_ms})
+
+    # When a delivery released from the line finishes its attempt
+    deliverer.attempt(replace(job, place_ms=1))
+
+    # Then the pump is told to look at the line now, not in an hour
+    due = client.zscore(keys.PARKED_ENDPOINTS, ENDPOINT)
+    assert due is not None and due <= time.time() * 1000

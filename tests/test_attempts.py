@@ -295,29 +295,48 @@ def test_an_attempt_that_may_move_its_endpoint_is_written_at_once(
 
 
 def test_sums_that_could_not_be_written_wait_for_the_next_flush(
-    redis_server: RedisServer,
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Given a buffered observer holding one attempt, whose Redis then goes away
-    client = connect(redis_server.url.rsplit("/", 1)[0] + f"/{DB}", socket_timeout_s=0.5)
+    # Given a buffered observer holding attempts to two endpoints, whose Redis
+    # for metrics and health is unreachable (its client has not connected yet,
+    # so every connection it makes goes to the new port, where nothing listens)
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{DB}"
+    client = connect(url, socket_timeout_s=0.5)
     client.flushdb()
-    port = client.connection_pool.connection_kwargs["port"]
-    observer = buffered(client, AttemptLog(client, retention_s=60))
-    given = facts()
-    observer.attempted(given, started_at=1.0, duration_s=0.05)
-    client.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
-    client.connection_pool.disconnect()
+    flaky = connect(url, socket_timeout_s=0.5)
+    port = flaky.connection_pool.connection_kwargs["port"]
+    flaky.connection_pool.connection_kwargs["port"] = 1
+    observer = Observer(
+        AttemptLog(client, retention_s=60),
+        Metrics(flaky),
+        HealthStore(flaky, HealthPolicy()),
+        flush_s=3600,
+    )
+    first = facts()
+    second = replace(facts(), endpoint="https://other.example:443/hook")
+    observer.attempted(first, started_at=1.0, duration_s=0.05)
+    observer.attempted(second, started_at=1.0, duration_s=0.05)
 
-    # When it flushes, Then nothing is raised and nothing is lost:
-    observer.flush()
+    # When it flushes, Then nothing is raised, and it gave up at the first
+    # endpoint instead of waiting out the same failure for each
+    with caplog.at_level("WARNING", logger="webhooks.observer"):
+        observer.flush()
+    assert len([r for r in caplog.records if r.name == "webhooks.observer"]) == 1
 
-    # once Redis is back, the next flush writes the attempt
-    client.connection_pool.connection_kwargs["port"] = port
-    client.connection_pool.disconnect()
+    # And nothing is lost: once Redis is back, the next flush writes both
+    flaky.connection_pool.connection_kwargs["port"] = port
+    flaky.connection_pool.reset()  # forget the connections made for port 1
     observer.flush()
-    totals = {(s.name, s.labels): s.value for s in Metrics(client).totals()}
-    assert totals[("attempts", (("result", "success"),))] == 1
-    assert client.hget(keys.endpoint(given.endpoint).health, "attempts") == "1"
+    attempts = {
+        s.endpoint: s.value
+        for s in Metrics(client).totals()
+        if (s.name, s.labels) == ("attempts", (("result", "success"),))
+    }
+    assert attempts == {first.endpoint: 1, second.endpoint: 1}
+    for endpoint in (first.endpoint, second.endpoint):
+        assert client.hget(keys.endpoint(endpoint).health, "attempts") == "1"
     client.close()
+    flaky.close()
 
 
 def test_a_refused_attempt_is_logged_but_not_summed(client: redis.Redis, log: AttemptLog) -> None:

@@ -174,16 +174,20 @@ class Observer:
                     counts = pending.metrics.pop(endpoint)
                     try:
                         self._metrics.add(endpoint, counts.items())
-                    except redis.RedisError:
+                    except redis.RedisError as exc:
                         log.warning("could not write metrics for %s", endpoint, exc_info=True)
                         unwritten.metrics[endpoint] = counts
+                        if _unreachable(exc):
+                            return  # the rest would wait out the same timeout
                 for endpoint in list(pending.health):
                     attempts = pending.health.pop(endpoint)
                     try:
                         self._health.observe_many(endpoint, attempts)
-                    except redis.RedisError:
+                    except redis.RedisError as exc:
                         log.warning("could not update the health of %s", endpoint, exc_info=True)
                         unwritten.health[endpoint] = attempts
+                        if _unreachable(exc):
+                            return
             finally:
                 # Failed writes, and on an interruption (a soft time limit)
                 # whatever was not tried yet, wait for the next flush.
@@ -212,6 +216,11 @@ class Observer:
                 self.flush()
             except Exception:
                 log.exception("metrics flush failed; retrying in %.1f s", self._flush_s)
+
+
+def _unreachable(exc: redis.RedisError) -> bool:
+    """Redis itself is away: a shutdown flush should not try every endpoint in turn."""
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
 
 
 def _add(sums: dict[str, float], fields: Iterable[tuple[str, float]]) -> None:

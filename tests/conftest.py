@@ -176,6 +176,23 @@ def unique_path() -> str:
     return f"/hook/{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of the test module's own: the session worker's pump would take
+    whatever is parked in the shared one."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def client(own_redis: RedisServer) -> Iterator[redis.Redis]:
+    """A client of ``own_redis``, emptied for each test (modules may override it)."""
+    connection = redis.Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=5)
+    connection.flushall()
+    yield connection
+    connection.close()
+
+
 @dataclass
 class Broker:
     """A private Redis (broker and store) that the producer publishes to.

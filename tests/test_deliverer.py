@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -45,20 +44,6 @@ class FakeSender:
         if isinstance(self.answer, Exception):
             raise self.answer
         return self.answer
-
-
-@pytest.fixture(scope="module")
-def own_redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def client(own_redis: RedisServer) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=5)
-    connection.flushall()
-    yield connection
-    connection.close()
 
 
 @pytest.fixture

@@ -7,34 +7,17 @@ checked exactly, not merely for membership.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
 from config.settings import Settings
 from webhooks import keys
 from webhooks.health import EndpointHealth, HealthPolicy, HealthStore
-from webhooks.testing.redis_server import RedisServer
 
 #: The defaults: slow above 5000 ms, fast again below 2500 ms, alpha 0.3, last 5.
 POLICY = HealthPolicy()
 FAST_EP = "https://fast.example:443/hook"
 SLOW_EP = "https://slow.example:443/hook"
-
-
-@pytest.fixture(scope="module")
-def own_redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def client(own_redis: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=5)
-    client.flushall()
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -20,24 +19,9 @@ from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
 from webhooks.parking import ParkedDelivery, ParkingLot, Room
 from webhooks.ratelimit import Granted, Limiter, Limits, RateLimit
-from webhooks.testing.redis_server import RedisServer
 
 LEASE_S = 30.0
 ROOMY = Limits(rate=RateLimit(1000, 60), max_concurrency=100)
-
-
-@pytest.fixture(scope="module")
-def own_redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def client(own_redis: RedisServer) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=5)
-    connection.flushall()
-    yield connection
-    connection.close()
 
 
 @pytest.fixture

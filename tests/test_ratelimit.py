@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from importlib.resources import files
+from typing import cast
 
 import pytest
 import redis
@@ -159,13 +160,18 @@ def test_window_allows_n_then_denies_until_the_oldest_attempt_leaves_it(
 
 
 @pytest.mark.usefixtures("cleanup")
-def test_window_slides_rather_than_resets(limiter: Limiter, endpoint: str) -> None:
+def test_window_slides_rather_than_resets(
+    limiter: Limiter, endpoint: str, redis_client: redis.Redis
+) -> None:
     # Given a limit of 3 per 1 s: one attempt, then two more half a second later
     rule = limits(3, window_s=1)
     granted(limiter.acquire(endpoint, rule))
     time.sleep(0.5)
     granted(limiter.acquire(endpoint, rule))
     granted(limiter.acquire(endpoint, rule))
+    log = redis_client.zrange(keys.endpoint(endpoint).window, 0, -1, withscores=True)
+    starts = sorted(float(score) for _, score in cast(list[tuple[str, float]], log))
+    assert starts[1] - starts[0] >= 500
 
     # When the window is full, and the first attempt leaves it
     refusal = denied(limiter.acquire(endpoint, rule))
@@ -174,11 +180,20 @@ def test_window_slides_rather_than_resets(limiter: Limiter, endpoint: str) -> No
     time.sleep(refusal.wait_s)
 
     # Then exactly one more attempt fits (a fixed window would now allow three),
-    # and the next one must wait for the two later attempts to leave
+    # and the next one must wait for the two later attempts to leave: until
+    # the second attempt's start plus the window, by Redis' clock (how long the
+    # sleeps overshot on a busy machine does not matter)
     granted(limiter.acquire(endpoint, rule))
+    before = redis_ms(redis_client)
     again = denied(limiter.acquire(endpoint, rule))
+    after = redis_ms(redis_client)
     assert again.reason == "rate"
-    assert 0.3 < again.wait_s <= 0.5
+    assert (starts[1] + 1000 - after) / 1000 <= again.wait_s <= (starts[1] + 1000 - before) / 1000
+
+
+def redis_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 @pytest.mark.usefixtures("cleanup")

@@ -23,13 +23,17 @@ from config.celery_app import app
 from config.settings import Settings
 from webhooks.conversations import ConversationStore
 from webhooks.delivery import conversation_store
+from webhooks.metrics import Metrics
 from webhooks.outcomes import Outcome, OutcomeStore
+from webhooks.store import connect
 from webhooks.testing.receiver import Receiver, TestCA
 from webhooks.testing.redis_server import RedisServer
 from webhooks.testing.worker import WorkerProcess
 
 #: Short schedule for most tests; one test runs the real 4/8/10.
 FAST_SCHEDULE = "0.3,0.6,0.9"
+#: A logical database of the session's Redis for the metrics fixture.
+METRICS_DB = 13
 
 
 def make_event(conversation_id: str | None = None, **data: Any) -> dict[str, Any]:
@@ -151,13 +155,7 @@ def wait_outcome(outcomes: OutcomeStore) -> Callable[..., Outcome]:
     """Poll until a delivery has a final outcome record."""
 
     def wait(webhook_id: str, timeout: float = 30.0) -> Outcome:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = outcomes.get(webhook_id)
-            if found is not None:
-                return found
-            time.sleep(0.05)
-        raise TimeoutError(f"no outcome recorded for {webhook_id} within {timeout} s")
+        return wait_until(lambda: outcomes.get(webhook_id), timeout, f"an outcome for {webhook_id}")
 
     return wait
 
@@ -193,6 +191,16 @@ def client(own_redis: RedisServer) -> Iterator[redis.Redis]:
     connection.close()
 
 
+@pytest.fixture
+def metrics(redis_server: RedisServer) -> Iterator[Metrics]:
+    """Metrics on a logical database of the session's Redis that no worker
+    writes to, emptied first, so counts are exact (modules may override it)."""
+    client = connect(redis_server.url.rsplit("/", 1)[0] + f"/{METRICS_DB}", socket_timeout_s=5)
+    client.flushdb()
+    yield Metrics(client)
+    client.close()
+
+
 @dataclass
 class Broker:
     """A private Redis (broker and store) that the producer publishes to.
@@ -212,12 +220,9 @@ class Broker:
 
     def wait_outcome(self, webhook_id: str, timeout: float = 60.0) -> Outcome:
         """Poll until the delivery has its final outcome record."""
-        deadline = time.monotonic() + timeout
-        while (outcome := self.outcomes.get(webhook_id)) is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no outcome recorded for {webhook_id} within {timeout} s")
-            time.sleep(0.05)
-        return outcome
+        return wait_until(
+            lambda: self.outcomes.get(webhook_id), timeout, f"an outcome for {webhook_id}"
+        )
 
     def wait_outcomes(self, webhook_ids: list[str], timeout: float = 60.0) -> list[Outcome]:
         deadline = time.monotonic() + timeout
@@ -253,16 +258,16 @@ def broker(producer_settings: Settings, test_ca: TestCA) -> Iterator[Broker]:
 T = TypeVar("T")
 
 
-def eventually(probe: Callable[[], T | None], timeout: float = 10.0) -> T:
-    """Poll ``probe`` until it returns something truthy, and return that.
+def wait_until(condition: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that.
 
-    For what workers write a moment after the outcome: metrics and endpoint
-    health are summed per process and flushed every WEBHOOKS_METRICS_FLUSH_S.
+    For what real workers do a moment later: an outcome recorded, a queue
+    drained, metrics and health flushed (every WEBHOOKS_METRICS_FLUSH_S).
     """
     deadline = time.monotonic() + timeout
-    while not (found := probe()):
+    while not (found := condition()):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"not seen within {timeout} s; last probe gave {found!r}")
+            raise TimeoutError(f"{what}: not within {timeout} s (last seen: {found!r})")
         time.sleep(0.05)
     return found
 
@@ -271,9 +276,9 @@ __all__ = [
     "FAST_SCHEDULE",
     "Broker",
     "dedicated_broker",
-    "eventually",
     "make_event",
     "registered",
     "unique_path",
+    "wait_until",
     "worker_env",
 ]

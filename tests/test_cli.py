@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from tasks import deliver_webhook
-from tests.conftest import eventually, make_event, registered, unique_path
+from tests.conftest import make_event, registered, unique_path, wait_until
 from webhooks import keys
 from webhooks.cli import EXIT_INVALID, EXIT_NOT_FOUND, main
 from webhooks.conversations import ConversationStore
@@ -233,7 +233,7 @@ def test_endpoints_lists_an_endpoint_after_a_real_delivery(
     # default queue, one successful attempt, counted in the rate window,
     # nothing in flight or parked
     endpoint = normalize_endpoint(receiver.url(path))
-    row = eventually(lambda: _endpoints(capsys).get(endpoint))
+    row = wait_until(lambda: _endpoints(capsys).get(endpoint), 10, f"{endpoint} listed")
     assert (row["queue"], row["recent"], row["attempts"]) == ("webhooks", "o", 1)
     assert (row["in_window"], row["in_flight"], row["parked"]) == (1, 0, 0)
     assert 0 < float(str(row["mean_ms"])) < 5000

@@ -21,7 +21,7 @@ import pytest
 from config.celery_app import QUEUE, SLOW_QUEUE, app
 from tasks import deliver_webhook
 from tasks.routing import router
-from tests.conftest import Broker, make_event, registered, unique_path
+from tests.conftest import Broker, make_event, registered, unique_path, wait_until
 from webhooks import keys
 from webhooks.attempts import AttemptLog, AttemptRecord
 from webhooks.cli import main as cli
@@ -66,14 +66,6 @@ def attempts_of(broker: Broker, event: dict[str, Any]) -> list[AttemptRecord]:
 
 def queues_of(broker: Broker, event: dict[str, Any]) -> list[str]:
     return [a.queue for a in attempts_of(broker, event)]
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from config.celery_app import app
 from config.settings import Settings, child_environment
 from tasks import deliver_webhook
-from tests.conftest import eventually, make_event, registered, unique_path, worker_env
+from tests.conftest import make_event, registered, unique_path, wait_until, worker_env
 from webhooks.cli import EXIT_NOT_FOUND, main
 from webhooks.conversations import ConversationStore
 from webhooks.delivery import conversation_store
@@ -393,7 +393,7 @@ def test_metrics_scraped_over_http_add_up_across_two_worker_processes(
         got = scrape(metrics_port)
         return got if got.get(attempts) == n else None
 
-    found = eventually(all_counted)
+    found = wait_until(all_counted, 10, f"{n} attempts on /metrics")
     assert (
         found[("webhooks_deliveries_total", (("endpoint", endpoint), ("outcome", "delivered")))]
         == n
@@ -437,7 +437,7 @@ def test_stats_reflect_recent_deliveries_retries_and_errors_by_type(
         }
         return (code, out) if all(counts.get(e) == n for e, n in wanted.items()) else None
 
-    code, out = eventually(summary)
+    code, out = wait_until(summary, 10, "4 and 1 attempts in stats")
 
     # Then each endpoint has its attempts, success rate, retries and error rates
     assert code == 0

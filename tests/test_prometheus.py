@@ -17,20 +17,9 @@ from prometheus_client.samples import Sample as PromSample
 
 from webhooks.metrics import BUCKETS_S, Metrics, Sample
 from webhooks.prometheus import render, serve
-from webhooks.store import connect
-from webhooks.testing.redis_server import RedisServer
 
-DB = 13
 A = "https://a.example:443/hook"
 B = "https://b.example:443/other"
-
-
-@pytest.fixture
-def metrics(redis_server: RedisServer) -> Iterator[Metrics]:
-    client = connect(redis_server.url.rsplit("/", 1)[0] + f"/{DB}", socket_timeout_s=5)
-    client.flushdb()
-    yield Metrics(client)
-    client.close()
 
 
 def get(base: str, path: str) -> tuple[int, str, str]:

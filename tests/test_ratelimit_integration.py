@@ -25,7 +25,7 @@ import redis
 from config.celery_app import QUEUE, RELEASED_QUEUE
 from config.settings import Settings
 from tasks import deliver_webhook
-from tests.conftest import Broker, make_event, registered, unique_path, worker_env
+from tests.conftest import Broker, make_event, registered, unique_path, wait_until, worker_env
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
 from webhooks.outcomes import Outcome
@@ -92,14 +92,6 @@ def workers(broker: Broker) -> Iterator[Callable[..., list[WorkerProcess]]]:
     yield start
     for process in started:
         process.kill()
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
 
 
 def warm_up(broker: Broker, receiver: Receiver, processes: int) -> None:

@@ -24,7 +24,7 @@ import redis
 from config.celery_app import QUEUE
 from config.settings import DEFAULT_RETRY_SCHEDULE_S, Settings
 from tasks import deliver_webhook
-from tests.conftest import Broker, make_event, registered, unique_path
+from tests.conftest import Broker, make_event, registered, unique_path, wait_until
 from webhooks.testing.receiver import Hang, ReceivedRequest, Receiver, Respond
 from webhooks.testing.worker import WorkerProcess
 
@@ -40,14 +40,6 @@ def gaps_s(requests: list[ReceivedRequest]) -> list[float]:
     """Seconds between consecutive arrivals at the receiver."""
     times = [r.received_at for r in requests]
     return [round(later - earlier, 3) for earlier, later in itertools.pairwise(times)]
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
 
 
 @dataclass(frozen=True)

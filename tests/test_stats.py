@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from webhooks.metrics import Metrics, Sample
 from webhooks.stats import ALL, Summary, format_table, summarize
-from webhooks.store import connect
-from webhooks.testing.redis_server import RedisServer
 
-DB = 14
 A = "https://a.example:443/hook"
 B = "https://b.example:443/hook"
-
-
-@pytest.fixture
-def metrics(redis_server: RedisServer) -> Iterator[Metrics]:
-    client = connect(redis_server.url.rsplit("/", 1)[0] + f"/{DB}", socket_timeout_s=5)
-    client.flushdb()
-    yield Metrics(client)
-    client.close()
 
 
 def recent(metrics: Metrics) -> list[Sample]:

@@ -27,6 +27,7 @@ from webhooks.errors import (
     InvalidEvent,
     PermanentDeliveryError,
     RetryableDeliveryError,
+    kind_of,
 )
 from webhooks.events import MessageEvent, event_body, parse_event
 from webhooks.health import HealthStore
@@ -198,7 +199,6 @@ class Deliverer:
         """Keep a failed delivery as a dead letter with its last error."""
         event_dict = event if isinstance(event, dict) else {}
         data = event_dict.get("data")
-        kind = error.kind if isinstance(error, DeliveryError) else _kind_of(error)
         url = callback_url or self._configured_url(event_dict.get("conversation_id"))
         outcome = Outcome(
             webhook_id=webhook_id,
@@ -208,7 +208,7 @@ class Deliverer:
             url=url,
             attempts=attempts,
             status=error.status if isinstance(error, DeliveryError) else None,
-            error_kind=str(kind),
+            error_kind=str(kind_of(error)),
             error=str(error)[:500] or type(error).__name__,
         )
         self.outcomes.failed(outcome, event=event, callback_url=callback_url)
@@ -394,13 +394,6 @@ def _parse(event: dict[str, Any]) -> MessageEvent:
         return parse_event(event)
     except InvalidEvent as exc:
         raise PermanentDeliveryError(str(exc), kind=ErrorKind.INVALID_EVENT) from exc
-
-
-def _kind_of(error: BaseException) -> ErrorKind:
-    # Celery's soft time limit is the only non-DeliveryError that is expected.
-    if type(error).__name__ == "SoftTimeLimitExceeded":
-        return ErrorKind.TIMEOUT
-    return ErrorKind.INTERNAL
 
 
 def _str_or_none(value: Any) -> str | None:

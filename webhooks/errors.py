@@ -26,6 +26,7 @@ __all__ = [
     "PolicyRefusal",
     "RetryableDeliveryError",
     "WebhookError",
+    "kind_of",
 ]
 
 from enum import StrEnum
@@ -122,3 +123,16 @@ class RetryableDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Trying again cannot succeed; the delivery is recorded as failed at once."""
+
+
+def kind_of(error: BaseException) -> ErrorKind:
+    """Why an attempt or a delivery failed, whatever was raised.
+
+    Celery's soft time limit is the only non-DeliveryError that is expected;
+    anything else is our bug.
+    """
+    if isinstance(error, DeliveryError):
+        return error.kind
+    if type(error).__name__ == "SoftTimeLimitExceeded":
+        return ErrorKind.TIMEOUT
+    return ErrorKind.INTERNAL

@@ -29,7 +29,7 @@ import redis
 from redis.client import Pipeline
 
 from webhooks.attempts import AttemptLog, AttemptRecord
-from webhooks.errors import DeliveryError, ErrorKind
+from webhooks.errors import DeliveryError, ErrorKind, kind_of
 from webhooks.health import HealthStore
 from webhooks.metrics import Metrics, attempt_fields, delivery_fields
 
@@ -229,8 +229,7 @@ def _add(sums: dict[str, float], fields: Iterable[tuple[str, float]]) -> None:
 
 
 def _kind(error: BaseException) -> str:
-    if isinstance(error, DeliveryError):
-        return "rate_limited" if error.status == 429 else str(error.kind)
-    if type(error).__name__ == "SoftTimeLimitExceeded":
-        return "timeout"
-    return "internal"
+    """As the attempt log and metrics name it: a 429 is back-pressure, not a 4xx."""
+    if isinstance(error, DeliveryError) and error.status == 429:
+        return str(ErrorKind.RATE_LIMITED)
+    return str(kind_of(error))

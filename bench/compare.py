@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import signal
 import statistics
 import subprocess
@@ -60,7 +59,7 @@ from matplotlib.figure import Figure
 from bench import isolation
 from bench.contenders import app as contenders_app
 from bench.contenders import empty, plain_send
-from bench.ratelimit_overhead import NEVER_BINDS, machine
+from bench.ratelimit_overhead import NEVER_BINDS
 from bench.rig import (
     PATH,
     UNACKED,
@@ -68,10 +67,13 @@ from bench.rig import (
     commandstats,
     cpu_s,
     enqueue,
+    load_average,
+    machine,
     message_event,
     redis_cpu_s,
     rig,
     vmrss_kb,
+    write_report,
 )
 from bench.sink import Sink
 from config.celery_app import QUEUE, RELEASED_QUEUE, app
@@ -583,12 +585,11 @@ def main(argv: list[str] | None = None) -> None:
             sections.append(isolation_section(ca, args.isolation_events))
     RESULTS.mkdir(exist_ok=True)
     chart(runs, lat, RESULTS / "compare.png")
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     report = [
         "# Our pipeline against the obvious alternative",
         "",
         *facts,
-        f"- load average (1, 5, 15 min) at the end: {load}",
+        f"- load average (1, 5, 15 min) at the end: {load_average()}",
         f"- code: {git_state()}; bench wall time {time.monotonic() - began:.0f} s",
         "\n## Targets\n",
         *(target for _, targets in sections for target in targets),
@@ -604,10 +605,8 @@ def main(argv: list[str] | None = None) -> None:
         "- The sink (bench/sink.py) answers `200` with an empty body, in its own process.",
         *(line for lines, _ in sections for line in lines),
     ]
-    text = "\n".join(report) + "\n"
-    print(text)
-    (RESULTS / "compare.md").write_text(text)
-    print(f"written to {RESULTS / 'compare.md'} and {RESULTS / 'compare.png'}")
+    write_report(report, RESULTS / "compare.md")
+    print(f"chart: {RESULTS / 'compare.png'}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
 import sys
 import tempfile
@@ -42,8 +41,16 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from bench.ratelimit_overhead import machine
-from bench.rig import PATH, Rig, message_event, rig, wait_until
+from bench.rig import (
+    PATH,
+    Rig,
+    load_average,
+    machine,
+    message_event,
+    rig,
+    wait_until,
+    write_report,
+)
 from config.celery_app import app
 from tasks import deliver_webhook
 from tasks.routing import router
@@ -287,13 +294,9 @@ def main(argv: list[str] | None = None) -> None:
         "last end), which bounds how fast a saturated worker_slow drains.",
         "\nOne run of each contender, in the order of the table; other work on the machine "
         f"(tests run concurrently) shows up as noise. Load average at the end: "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}.",
+        f"{load_average()}.",
     ]
-    text = "\n".join(report) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
-    print(f"written to {RESULTS}")
+    write_report(report, RESULTS)
 
 
 if __name__ == "__main__":

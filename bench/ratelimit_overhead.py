@@ -19,8 +19,6 @@ to ``bench-results/ratelimit-overhead.md``.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import signal
 import statistics
 import sys
@@ -28,7 +26,6 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 from bench.rig import (
@@ -39,10 +36,13 @@ from bench.rig import (
     cpu_s,
     duplicates,
     enqueue,
+    load_average,
+    machine,
     redis_cpu_s,
     rig,
     vmrss_kb,
     wait_until,
+    write_report,
 )
 from config.celery_app import QUEUE
 from webhooks import keys
@@ -163,20 +163,6 @@ def backlog_run(ca: TestCA, backlog: int, seconds: float) -> list[str]:
     ]
 
 
-def machine(client_version: str) -> list[str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?"
-    )
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return [
-        f"- nproc: {len(os.sched_getaffinity(0))}; CPU: {model}",
-        f"- Python {platform.python_version()}, Celery {version('celery')}, kombu "
-        f"{version('kombu')}, redis-py {version('redis')}, redis-server {client_version}",
-        f"- load average (1, 5, 15 min) at start: {load}",
-    ]
-
-
 def throughput_section(runs: dict[str, list[Run]], events: int, rounds: int) -> list[str]:
     med = {name: statistics.median(run.rate for run in rs) for name, rs in runs.items()}
     cpu = {name: statistics.median(run.worker_cpu_ms for run in rs) for name, rs in runs.items()}
@@ -273,13 +259,8 @@ def main(argv: list[str] | None = None) -> None:
         report += commands_section(runs, args.events, lua, idle_per_s)
         if args.backlog:
             report += backlog_run(ca, args.backlog, args.backlog_seconds)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    report.append(f"\nLoad average at the end: {load}.")
-    text = "\n".join(report) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
-    print(f"written to {RESULTS}")
+    report.append(f"\nLoad average at the end: {load_average()}.")
+    write_report(report, RESULTS)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ process's resident memory, duplicate deliveries at the receiver.
 from __future__ import annotations
 
 import os
+import platform
 import time
 import uuid
 from collections import Counter
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +38,14 @@ __all__ = [
     "cpu_s",
     "duplicates",
     "enqueue",
+    "load_average",
+    "machine",
     "message_event",
     "redis_cpu_s",
     "rig",
     "vmrss_kb",
     "wait_until",
+    "write_report",
 ]
 
 PATH = "/hook"
@@ -148,3 +153,31 @@ def vmrss_kb(pid: int) -> int:
     except FileNotFoundError:
         pass
     return 0
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: how shared the machine was."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine(client_version: str) -> list[str]:
+    """The facts a report's figures depend on, as markdown list items."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?"
+    )
+    return [
+        f"- nproc: {len(os.sched_getaffinity(0))}; CPU: {model}",
+        f"- Python {platform.python_version()}, Celery {version('celery')}, kombu "
+        f"{version('kombu')}, redis-py {version('redis')}, redis-server {client_version}",
+        f"- load average (1, 5, 15 min) at start: {load_average()}",
+    ]
+
+
+def write_report(lines: list[str], path: Path) -> None:
+    """Print the report and write it as markdown (``bench-results/`` is git-ignored)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    print(f"written to {path}")

@@ -17,7 +17,9 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from webhooks.health import HealthPolicy
+from webhooks.outcomes import DEFAULT_DEAD_LETTER_RETENTION_S
 from webhooks.ratelimit import Limits, RateLimit
+from webhooks.signing import secret_key
 
 __all__ = ["Settings", "child_environment"]
 
@@ -54,6 +56,12 @@ class Settings(BaseSettings):
     signing_secret: SecretStr | None = Field(
         None,
         description="whsec_ secret for deliveries to a conversation that has none registered.",
+    )
+
+    max_event_bytes: int = Field(
+        256 * 1024,
+        gt=0,
+        description="Largest serialized event delay() accepts; it is republished on every retry.",
     )
 
     rate_limit: str = Field(
@@ -109,6 +117,11 @@ class Settings(BaseSettings):
     outcome_retention_s: int = Field(
         7 * 24 * 3600, gt=0, description="How long a delivery's outcome record is kept."
     )
+    dead_letter_retention_s: int = Field(
+        DEFAULT_DEAD_LETTER_RETENTION_S,
+        gt=0,
+        description="How long a dead letter is kept for replay before Redis drops it.",
+    )
     log_retention_s: int = Field(
         7 * 24 * 3600,
         gt=0,
@@ -139,6 +152,15 @@ class Settings(BaseSettings):
             raise ValueError("give at least one countdown, e.g. '4,8,10'")
         if not all(math.isfinite(v) and v >= 0 for v in value):
             raise ValueError("retry countdowns must be finite and not negative")
+        return value
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # It is only used when an attempt is signed; a typo must stop the
+        # worker at start, not dead-letter every delivery.
+        if value is not None:
+            secret_key(value.get_secret_value())
         return value
 
     @field_validator("rate_limit")

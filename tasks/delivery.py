@@ -25,8 +25,8 @@ from config.celery_app import SLOW_QUEUE, WebhooksCelery, app
 from tasks.routing import router
 from webhooks import backoff
 from webhooks.delivery import Deliverer, Job, Parked
-from webhooks.errors import DeliveryError, RetryableDeliveryError
-from webhooks.events import MessageEvent, parse_event
+from webhooks.errors import DeliveryError, InvalidEvent, RetryableDeliveryError
+from webhooks.events import MessageEvent, event_body, parse_event
 from webhooks.signing import new_webhook_id
 from webhooks.urlpolicy import check_url
 
@@ -53,8 +53,19 @@ class DeliveryTask(Task):  # type: ignore[misc]
         callback_url: str | None = bound.arguments.get("callback_url")
         webhook_id: str | None = bound.arguments.get("webhook_id")
         parsed = parse_event(event)
+        settings = self.app.settings
+        size = len(event_body(parsed))  # also refuses what JSON or UTF-8 cannot carry
+        if size > settings.max_event_bytes:
+            raise InvalidEvent(
+                [
+                    (
+                        "(event)",
+                        f"{size} bytes serialized, more than WEBHOOKS_MAX_EVENT_BYTES "
+                        f"({settings.max_event_bytes})",
+                    )
+                ]
+            )
         if callback_url is not None:
-            settings = self.app.settings
             check_url(
                 callback_url,
                 allow_http=settings.allow_http,

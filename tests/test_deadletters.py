@@ -7,6 +7,7 @@ into an emptied logical database of the session's Redis.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -248,3 +249,25 @@ def test_the_url_of_a_letter_is_its_callback_or_the_configured_one(
     assert letter.webhook_id == configured
     assert letter.callback_url is None
     assert letter.url == "https://configured.example/h"
+
+
+# --- retention ------------------------------------------------------------------
+
+
+def test_dead_letters_expire_and_leave_the_index_as_new_ones_come(client: redis.Redis) -> None:
+    # Given a store that keeps dead letters for 100 s, and a letter 150 s old
+    store = OutcomeStore(client, retention_s=10, dead_letter_retention_s=100)
+    now = time.time()
+    old = Outcome(str(uuid.uuid4()), "failed", None, None, None, 4, finished_at=now - 150)
+    store.failed(old, event={}, callback_url=None)
+
+    # When a new delivery fails
+    new = Outcome(str(uuid.uuid4()), "failed", None, None, None, 4, finished_at=now)
+    store.failed(new, event={}, callback_url=None)
+
+    # Then both letters and their outcomes expire on Redis' clock, the outcome
+    # no sooner than its letter, and the index has forgotten the old letter
+    for outcome in (old, new):
+        assert 90 < client.ttl(keys.dead_letter(outcome.webhook_id)) <= 100
+        assert 90 < client.ttl(keys.delivery(outcome.webhook_id)) <= 100
+    assert store.dead_letter_ids() == [new.webhook_id]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,7 +18,7 @@ from urllib3.util import connection as urllib3_connection
 
 from webhooks.errors import ErrorKind, RetryableDeliveryError
 from webhooks.sender import MAX_RESPONSE_BYTES, Sender, SentResponse, parse_retry_after
-from webhooks.testing.receiver import Drop, Hang, Receiver, Respond, TestCA
+from webhooks.testing.receiver import Drop, Hang, Raw, Receiver, Respond, TestCA, http_head
 
 READ_TIMEOUT_S = 0.5
 
@@ -214,14 +216,14 @@ def test_large_response_body_is_not_read_fully(
     size = 1024 * 1024
     receiver.script(path, [Respond(200, body=b"x" * size)])
     consumed: list[int] = []
-    real_read = HTTPResponse.read
+    real_read = HTTPResponse.read1
 
     def counting_read(self: HTTPResponse, *args: Any, **kwargs: Any) -> bytes:
         data = real_read(self, *args, **kwargs)
         consumed.append(len(data))
         return data
 
-    monkeypatch.setattr(HTTPResponse, "read", counting_read)
+    monkeypatch.setattr(HTTPResponse, "read1", counting_read)
 
     # When posted
     response = sender.post(receiver.url(path), b"{}", {})
@@ -338,6 +340,163 @@ def test_errors_keep_their_cause(receiver: Receiver, sender: Sender, path: str) 
 
     # Then the requests exception is chained, not lost
     assert error.__cause__ is not None
+
+
+# --- answers that never end: one deadline per attempt -----------------------------
+
+#: The deadline of the ``quick`` sender: connect 0.5 s + read 0.5 s.
+DEADLINE_S = 1.0
+#: Longer than any attempt within the deadline may take; far shorter than
+#: the trickles below would run without one.
+SLACK_S = 1.0
+
+
+@pytest.fixture
+def quick(test_ca: TestCA) -> Iterator[Sender]:
+    sender = Sender(
+        connect_timeout_s=0.5,
+        read_timeout_s=0.5,
+        allow_private=True,
+        ca_bundle=test_ca.pem_path,
+        user_agent="t",
+    )
+    yield sender
+    sender.close()
+
+
+def timed_post(sender: Sender, url: str) -> tuple[SentResponse | RetryableDeliveryError, float]:
+    started = time.monotonic()
+    try:
+        result: SentResponse | RetryableDeliveryError = sender.post(url, b"{}", {})
+    except RetryableDeliveryError as exc:
+        result = exc
+    return result, time.monotonic() - started
+
+
+def test_status_line_trickled_a_byte_at_a_time_times_out_at_the_deadline(
+    receiver: Receiver, quick: Sender, path: str
+) -> None:
+    # Given a receiver that sends its status line and headers one byte every
+    # 0.2 s: each read is within the 0.5 s read timeout, the whole takes 20 s
+    head = http_head(200, {"X-Padding": "p" * 60}, content_length=2)
+    receiver.script(path, [Raw(head + b"{}", chunk_bytes=1, interval_s=0.2)])
+
+    # When posted
+    error, took = timed_post(quick, receiver.url(path))
+
+    # Then the attempt ends as a timeout at its deadline, not after 20 s
+    assert isinstance(error, RetryableDeliveryError)
+    assert error.kind is ErrorKind.TIMEOUT
+    assert "deadline" in str(error)
+    assert DEADLINE_S <= took < DEADLINE_S + SLACK_S
+
+
+def test_a_reused_connection_is_held_to_the_deadline_too(
+    receiver: Receiver, quick: Sender, path: str, connects: list[tuple[str, int]]
+) -> None:
+    # Given a connection left open by a first answer, and a second answer
+    # trickled over that same connection
+    receiver.script(path, [Respond(200), Raw(http_head(500) * 30, chunk_bytes=1, interval_s=0.2)])
+    quick.post(receiver.url(path), b"{}", {})
+
+    # When posted again
+    error, took = timed_post(quick, receiver.url(path))
+
+    # Then the second attempt, on the reused connection, also ends at the deadline
+    assert len(connects) == 1
+    assert isinstance(error, RetryableDeliveryError)
+    assert error.kind is ErrorKind.TIMEOUT
+    assert took < DEADLINE_S + SLACK_S
+
+
+def test_a_200_whose_body_stalls_is_delivered_and_says_how_the_body_ended(
+    receiver: Receiver, quick: Sender, path: str
+) -> None:
+    # Given a 200 announcing 100000 bytes that sends 5 and then nothing
+    receiver.script(path, [Raw(http_head(200, content_length=100000) + b"hello", then="hang")])
+
+    # When posted
+    response, took = timed_post(quick, receiver.url(path))
+
+    # Then the receiver's 200 stands (it accepted the event), noted as broken
+    assert isinstance(response, SentResponse)
+    assert (response.status, response.excerpt) == (200, "hello")
+    assert "body" in response.body_error
+    assert took < DEADLINE_S + SLACK_S
+
+
+def test_a_200_whose_body_trickles_past_the_deadline_is_delivered(
+    receiver: Receiver, quick: Sender, path: str
+) -> None:
+    # Given a 200 whose 100-byte body comes one byte every 0.2 s (20 s in all)
+    receiver.script(
+        path,
+        [Raw(b"y" * 100, head=http_head(200, content_length=100), chunk_bytes=1, interval_s=0.2)],
+    )
+
+    # When posted
+    response, took = timed_post(quick, receiver.url(path))
+
+    # Then it ends at the deadline as a delivery whose body did not complete
+    assert isinstance(response, SentResponse)
+    assert response.status == 200
+    assert "deadline" in response.body_error
+    assert DEADLINE_S <= took < DEADLINE_S + SLACK_S
+
+
+def test_a_200_whose_body_is_cut_is_delivered(receiver: Receiver, quick: Sender, path: str) -> None:
+    # Given a 200 announcing 100000 bytes whose connection closes after 5
+    receiver.script(path, [Raw(http_head(200, content_length=100000) + b"hello")])
+
+    # When posted
+    response, _ = timed_post(quick, receiver.url(path))
+
+    # Then it is delivered, and the note names the failed read
+    assert isinstance(response, SentResponse)
+    assert response.status == 200
+    assert "body read failed after 5 bytes" in response.body_error
+
+
+def test_a_500_whose_body_is_cut_is_a_5xx_with_what_came(
+    receiver: Receiver, quick: Sender, path: str
+) -> None:
+    receiver.script(path, [Raw(http_head(500, content_length=1000) + b"half an apology")])
+    error = post_failing(quick, receiver.url(path))
+    assert (error.kind, error.status, error.response_excerpt) == (
+        ErrorKind.HTTP_5XX,
+        500,
+        "half an apology",
+    )
+    assert "body read failed" in str(error)
+
+
+def test_compressed_answers_are_not_asked_for_nor_decoded(
+    receiver: Receiver, quick: Sender, path: str
+) -> None:
+    # Given a receiver that answers gzip anyway: 50 MB of zeros in about 50 KB
+    bomb = gzip.compress(b"\0" * 50_000_000)
+    head = http_head(202, {"Content-Encoding": "gzip"}, content_length=len(bomb))
+    receiver.script(path, [Raw(head + bomb)])
+
+    # When posted
+    response, _ = timed_post(quick, receiver.url(path))
+
+    # Then the sender asked for identity, and shows the body as undecoded
+    (request,) = receiver.received(path)
+    assert request.headers["accept-encoding"] == "identity"
+    assert isinstance(response, SentResponse)
+    assert response.excerpt == "[gzip-encoded body, not decoded]"
+
+
+@pytest.mark.parametrize(
+    "garbage", [b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.1 abc nope\r\n\r\n", b"\x00\xff" * 40]
+)
+def test_an_answer_that_is_not_http_is_a_protocol_error(
+    receiver: Receiver, quick: Sender, path: str, garbage: bytes
+) -> None:
+    receiver.script(path, [Raw(garbage)])
+    error = post_failing(quick, receiver.url(path))
+    assert (error.kind, error.status) == (ErrorKind.PROTOCOL, None)
 
 
 # --- connection reuse -----------------------------------------------------------

@@ -170,6 +170,16 @@ def test_signing_secret_is_not_shown_in_repr(monkeypatch: pytest.MonkeyPatch) ->
     assert secret not in str(settings)
 
 
+@pytest.mark.parametrize(
+    ("secret", "problem"),
+    [("abc", "start with 'whsec_'"), ("whsec_not base64!", "not valid base64")],
+)
+def test_a_malformed_signing_secret_stops_the_start(secret: str, problem: str) -> None:
+    # It is used only when an attempt is signed: found at start, not per delivery
+    with pytest.raises(ValidationError, match=problem):
+        Settings(signing_secret=secret)
+
+
 def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValidationError):

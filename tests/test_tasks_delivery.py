@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Callable
 
+import celery
 import pytest
 from standardwebhooks.webhooks import Webhook
 
@@ -164,6 +165,42 @@ def test_invalid_event_is_refused_before_publishing(redis_client: object) -> Non
     paths = [path for path, _ in caught.value.problems]
     assert paths == ["data.content_type", "data.created_by"]
     assert isinstance(caught.value, ValueError)
+
+
+@pytest.fixture
+def nothing_published(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the task reaches Celery's own publish."""
+
+    def publish(*args: object, **kwargs: object) -> None:
+        pytest.fail("an invalid event was published")
+
+    monkeypatch.setattr(celery.Task, "apply_async", publish)
+
+
+@pytest.mark.usefixtures("nothing_published")
+@pytest.mark.parametrize(
+    ("change", "where", "problem"),
+    [
+        ({"content": "x" * 256 * 1024}, "(event)", "more than WEBHOOKS_MAX_EVENT_BYTES (262144)"),
+        ({"content": "half an emoji \ud83d"}, "data.content", "lone surrogate"),
+        ({"metadata": {"score": float("nan")}}, "data.metadata", "score: nan is not a JSON"),
+        ({"metadata": {"big": [1, float("inf")]}}, "data.metadata", "big.1: inf is not a JSON"),
+    ],
+    ids=["oversized", "lone-surrogate", "nan", "infinity"],
+)
+def test_events_json_cannot_carry_are_refused_at_publish(
+    change: dict[str, object], where: str, problem: str
+) -> None:
+    # Given an event the schema accepts but whose JSON would be too large or invalid
+    event = make_event()
+    event["data"].update(change)
+
+    # When published, then it is the producer's InvalidEvent, naming the problem
+    with pytest.raises(InvalidEvent) as caught:
+        deliver_webhook.delay(event)
+    ((path, message),) = caught.value.problems
+    assert path == where
+    assert problem in message
 
 
 def test_http_callback_is_refused_at_publish() -> None:

@@ -79,6 +79,7 @@ class Ended:
     status: int | None = None
     error: BaseException | None = None
     hold_s: float = 0.0  # how long the receiver asked every attempt to wait
+    note: str = ""  # a delivered attempt's broken body, for the attempt log
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +129,11 @@ class Deliverer:
             conversations=CachedConversations(
                 conversation_store(client, settings), ttl_s=settings.config_cache_s
             ),
-            outcomes=OutcomeStore(client, retention_s=settings.outcome_retention_s),
+            outcomes=OutcomeStore(
+                client,
+                retention_s=settings.outcome_retention_s,
+                dead_letter_retention_s=settings.dead_letter_retention_s,
+            ),
             limiter=Limiter(client, lease_s=settings.lease_s) if settings.limits_enabled else None,
             parking=ParkingLot(client),
             policy=DeliveryPolicy.from_settings(settings),
@@ -146,23 +151,25 @@ class Deliverer:
         Raises :class:`RetryableDeliveryError` or :class:`PermanentDeliveryError`
         when the attempt was made and failed.
         """
-        parsed = _parse(job.event)
+        parsed, body = _parse(job.event)
         try:
             target = resolve_target(parsed, job.callback_url, self.conversations, self.policy)
         except PermanentDeliveryError as exc:
             endpoint = normalize_endpoint(job.callback_url) if job.callback_url else ""
             self._observe(job, parsed, endpoint, Ended(time.time(), 0.0, error=exc), sent=False)
             raise
-        grant = self._acquire(target, job)
-        if isinstance(grant, Denied):
-            return self._park(target, job, wait_s=grant.wait_s, reason=grant.reason)
-        body = event_body(parsed)
+        # Everything that can fail before the request is done before the
+        # endpoint's slot is taken, so a failure here holds no slot.
         headers = {
             "Content-Type": "application/json",
             "X-Webhook-Attempt": str(job.attempt),
             **signature_headers(target.secrets, job.webhook_id, body),
-            **(grant.headers() if grant else {}),
         }
+        grant = self._acquire(target, job)
+        if isinstance(grant, Denied):
+            return self._park(target, job, wait_s=grant.wait_s, reason=grant.reason)
+        if grant is not None:
+            headers.update(grant.headers())
         started = time.time()
         try:
             response = self.sender.post(target.url, body, headers)
@@ -178,7 +185,9 @@ class Deliverer:
                 job, parsed, target, grant, Ended(started, time.time() - started, error=exc)
             )
             raise
-        ended = Ended(started, response.duration_s, status=response.status)
+        ended = Ended(
+            started, response.duration_s, status=response.status, note=response.body_error
+        )
         self._finish(job, parsed, target, grant, ended)
         return Delivered(status=response.status, duration_s=response.duration_s)
 
@@ -243,6 +252,7 @@ class Deliverer:
             duration_s=ended.duration_s,
             status=ended.status,
             error=ended.error,
+            note=ended.note,
             sent=sent,
             pipe=pipe,
             urgent=job.routed_slow,
@@ -389,9 +399,11 @@ def conversation_store(client: redis.Redis, settings: Settings) -> ConversationS
     )
 
 
-def _parse(event: dict[str, Any]) -> MessageEvent:
+def _parse(event: dict[str, Any]) -> tuple[MessageEvent, bytes]:
+    """The event and the exact bytes to send; anything can publish to the queue."""
     try:
-        return parse_event(event)
+        parsed = parse_event(event)
+        return parsed, event_body(parsed)
     except InvalidEvent as exc:
         raise PermanentDeliveryError(str(exc), kind=ErrorKind.INVALID_EVENT) from exc
 

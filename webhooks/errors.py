@@ -37,6 +37,7 @@ class ErrorKind(StrEnum):
 
     TIMEOUT = "timeout"
     CONNECTION = "connection"
+    PROTOCOL = "protocol"  # an answer that is not valid HTTP
     TLS = "tls"
     DNS = "dns"
     HTTP_3XX = "http_3xx"

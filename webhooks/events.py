@@ -8,6 +8,8 @@ worker validates again because anything can publish to the queue.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -136,6 +138,16 @@ class MessageData(BaseModel):
             raise ValueError("filename is only allowed for media messages")
         return value
 
+    @field_validator("metadata")
+    @classmethod
+    def _json_encodable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Checked here, not when encoding: dumped "as JSON" pydantic would
+        # quietly turn NaN into null and a lone surrogate in a key into
+        # U+FFFD, changing what the producer sent.
+        for path, problem in _unencodable(value, ""):
+            raise ValueError(f"{path}: {problem}")
+        return value
+
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: Any) -> dict[str, Any]:
         # The guide: optional fields are absent, never null.
@@ -173,7 +185,42 @@ def parse_event(event: MessageEvent | dict[str, Any]) -> MessageEvent:
 
 
 def event_body(event: MessageEvent) -> bytes:
-    """The exact bytes POSTed and signed: compact JSON, UTF-8."""
-    return json.dumps(
-        event.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False
-    ).encode()
+    """The exact bytes POSTed and signed: compact JSON, UTF-8.
+
+    Raises :class:`InvalidEvent` for what JSON or UTF-8 cannot carry (NaN,
+    infinities, lone surrogates), naming where it is.
+    """
+    dumped = event.model_dump(mode="json")
+    try:
+        text = json.dumps(dumped, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        raise InvalidEvent(list(_unencodable(dumped, ""))) from None
+
+
+def _unencodable(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    for where, leaf in _leaves(value, path):
+        if isinstance(leaf, float) and not math.isfinite(leaf):
+            yield where, f"{leaf} is not a JSON number"
+        elif isinstance(leaf, str):
+            try:
+                leaf.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                yield (
+                    where,
+                    f"{leaf[exc.start]!a} at character {exc.start} is a lone surrogate, "
+                    "which UTF-8 cannot encode",
+                )
+
+
+def _leaves(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """Every scalar in a JSON-like value, with its dotted path ("" for the root)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield f"{path}(key {key!r})", key
+            yield from _leaves(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaves(item, f"{path}.{index}" if path else str(index))
+    else:
+        yield path or "(event)", value

@@ -97,11 +97,13 @@ class Observer:
         duration_s: float,
         status: int | None = None,
         error: BaseException | None = None,
+        note: str = "",
         sent: bool = True,
         pipe: Pipeline | None = None,
         urgent: bool = False,
     ) -> None:
-        """One attempt ended: ``error`` is None on success.
+        """One attempt ended: ``error`` is None on success, ``note`` says
+        what went wrong after a success (a 2xx whose body broke).
 
         With ``pipe`` the attempt record joins the caller's round trip, which
         the caller executes. An attempt refused before any request
@@ -122,7 +124,7 @@ class Observer:
             duration_s=round(duration_s, 6),
             outcome=outcome,
             status=status,
-            error="" if error is None else str(error)[:300],
+            error=note[:300] if error is None else str(error)[:300],
             response_excerpt=error.response_excerpt if isinstance(error, DeliveryError) else "",
             queue=facts.queue,
             worker=facts.worker,

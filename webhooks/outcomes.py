@@ -46,10 +46,22 @@ class Outcome:
 _OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
 
 
+#: Dead letters are kept longer than outcomes by default: a replay may come
+#: days after the incident that caused them.
+DEFAULT_DEAD_LETTER_RETENTION_S = 30 * 24 * 3600
+
+
 class OutcomeStore:
-    def __init__(self, client: redis.Redis, *, retention_s: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        retention_s: int,
+        dead_letter_retention_s: int = DEFAULT_DEAD_LETTER_RETENTION_S,
+    ) -> None:
         self._redis = client
         self._retention_s = retention_s
+        self._dead_letter_retention_s = dead_letter_retention_s
 
     def delivered(self, outcome: Outcome, *, pipe: Pipeline | None = None) -> None:
         """Record a delivery; with ``pipe``, queue the write for its caller."""
@@ -58,14 +70,22 @@ class OutcomeStore:
         )
 
     def failed(self, outcome: Outcome, *, event: Any, callback_url: str | None) -> None:
-        """Record the failure and keep the payload as a dead letter, atomically."""
+        """Record the failure and keep the payload as a dead letter, atomically.
+
+        Both expire (Redis runs ``noeviction``: what never expires fills it),
+        and the index forgets letters past their retention as new ones come.
+        """
         letter = {"outcome": outcome.to_dict(), "event": event, "callback_url": callback_url}
+        kept_s = self._dead_letter_retention_s
         pipe = self._redis.pipeline(transaction=True)
         pipe.set(
-            keys.delivery(outcome.webhook_id), json.dumps(outcome.to_dict()), ex=self._retention_s
+            keys.delivery(outcome.webhook_id),
+            json.dumps(outcome.to_dict()),
+            ex=max(self._retention_s, kept_s),
         )
-        pipe.set(keys.dead_letter(outcome.webhook_id), json.dumps(letter))
+        pipe.set(keys.dead_letter(outcome.webhook_id), json.dumps(letter), ex=kept_s)
         pipe.zadd(keys.DEAD_LETTERS, {outcome.webhook_id: outcome.finished_at})
+        pipe.zremrangebyscore(keys.DEAD_LETTERS, "-inf", f"({outcome.finished_at - kept_s}")
         pipe.execute()
 
     def get(self, webhook_id: str) -> Outcome | None:

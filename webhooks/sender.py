@@ -7,6 +7,7 @@ from ``ErrorKind`` alone.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import ssl
 import time
@@ -15,8 +16,10 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import requests
+import urllib3.exceptions
 from urllib3.exceptions import NameResolutionError
 
+from webhooks.deadline import Guard, Watchdog
 from webhooks.errors import (
     ErrorKind,
     PermanentDeliveryError,
@@ -32,16 +35,35 @@ log = logging.getLogger(__name__)
 MAX_RESPONSE_BYTES = 64 * 1024
 _EXCERPT_CHARS = 200
 
+#: Everything a request or a body read can raise below ``requests``: its own
+#: exceptions, urllib3's (a body read is not wrapped), http.client's (a
+#: garbage status line) and the socket's.
+_TRANSPORT_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class SentResponse:
     status: int
     duration_s: float
     excerpt: str
+    #: How the body read ended when it did not end cleanly (a 2xx still
+    #: counts as delivered: the receiver had accepted the event).
+    body_error: str = ""
 
 
 class Sender:
-    """One pooled, policy-guarded HTTP connection pool; build one per worker process."""
+    """One pooled, policy-guarded HTTP connection pool; build one per worker process.
+
+    Each attempt has one deadline, ``connect_timeout_s + read_timeout_s``,
+    from the first byte sent to the last byte read (see
+    :mod:`webhooks.deadline`); the per-read timeouts alone would let a
+    trickling receiver hold an attempt for ever.
+    """
 
     def __init__(
         self,
@@ -51,8 +73,11 @@ class Sender:
         allow_private: bool,
         ca_bundle: Path | None,
         user_agent: str,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self._timeout = (connect_timeout_s, read_timeout_s)
+        self.deadline_s = connect_timeout_s + read_timeout_s
+        self._watchdog = watchdog or Watchdog()
         self._user_agent = user_agent
         # The adapter alone, without a requests.Session around it: no cookies
         # carried from one receiver's answer into the next delivery, no proxies
@@ -67,34 +92,43 @@ class Sender:
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> SentResponse:
         """POST ``body``; return on 2xx, raise a :class:`DeliveryError` otherwise."""
         started = time.perf_counter()
-        try:
-            request = requests.PreparedRequest()
-            request.prepare(
-                method="POST",
-                url=url,
-                headers={"User-Agent": self._user_agent, **headers},
-                data=body,
-            )
-            response = self._adapter.send(
-                request, stream=True, timeout=self._timeout, verify=True, proxies=None
-            )
-        except PolicyRefusal as exc:
-            raise PermanentDeliveryError(str(exc), kind=ErrorKind.REFUSED_BY_POLICY) from exc
-        except requests.RequestException as exc:
-            raise _translate(exc) from exc
-        try:
-            excerpt = _read_excerpt(response)
-        except requests.RequestException as exc:
-            raise _translate(exc) from exc
-        finally:
-            response.close()
+        with self._watchdog.guard(self.deadline_s) as guard:
+            try:
+                request = requests.PreparedRequest()
+                request.prepare(
+                    method="POST",
+                    url=url,
+                    # identity: a compressed answer could be a bomb, and only
+                    # 200 characters of it are ever shown.
+                    headers={
+                        "User-Agent": self._user_agent,
+                        "Accept-Encoding": "identity",
+                        **headers,
+                    },
+                    data=body,
+                )
+                response = self._adapter.send(
+                    request, stream=True, timeout=self._timeout, verify=True, proxies=None
+                )
+            except PolicyRefusal as exc:
+                raise PermanentDeliveryError(str(exc), kind=ErrorKind.REFUSED_BY_POLICY) from exc
+            except _TRANSPORT_ERRORS as exc:
+                raise _translate(exc, guard) from exc
+            try:
+                excerpt, body_error = _read_excerpt(response, guard)
+            finally:
+                response.close()
         duration = time.perf_counter() - started
         status = response.status_code
         if 200 <= status < 300:
-            return SentResponse(status=status, duration_s=duration, excerpt=excerpt)
+            return SentResponse(
+                status=status, duration_s=duration, excerpt=excerpt, body_error=body_error
+            )
         detail = f"receiver answered HTTP {status}"
         if 300 <= status < 400:
             detail += f" (redirects are not followed; location: {response.headers.get('Location')})"
+        if body_error:
+            detail += f"; {body_error}"
         raise RetryableDeliveryError(
             detail,
             kind=ErrorKind.for_status(status),
@@ -104,29 +138,59 @@ class Sender:
         )
 
 
-def _read_excerpt(response: requests.Response) -> str:
-    """Read at most 64 KiB of the body; a larger one costs us its connection."""
+def _read_excerpt(response: requests.Response, guard: Guard) -> tuple[str, str]:
+    """The body's first characters, and how its read broke ("" if it did not).
+
+    At most 64 KiB is read, never decoded (a larger body costs us its
+    connection). The status line already came, so a broken body is noted,
+    not raised: what the attempt means is the status's to say.
+    """
     raw = response.raw
     chunks: list[bytes] = []
     size = 0
-    for chunk in raw.stream(8192, decode_content=True):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            break
-    else:
-        # Fully read: hand the connection back for keep-alive.
-        raw.release_conn()
-    return b"".join(chunks)[:_EXCERPT_CHARS].decode("utf-8", "replace")
+    body_error = ""
+    try:
+        # read1: what has arrived, so bytes before a break are kept.
+        while chunk := raw.read1(8192, decode_content=False):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                break
+        else:
+            if not guard.expired:
+                # Fully read: hand the connection back for keep-alive.
+                raw.release_conn()
+    except _TRANSPORT_ERRORS as exc:
+        body_error = f"body read failed after {size} bytes: {type(exc).__name__}: {exc}"
+    if guard.expired:
+        body_error = (
+            f"body not complete within the {guard.seconds:g} s deadline ({size} bytes read)"
+        )
+    data = b"".join(chunks)
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if data and encoding not in ("", "identity"):
+        return f"[{encoding}-encoded body, not decoded]", body_error
+    return data[:_EXCERPT_CHARS].decode("utf-8", "replace"), body_error
 
 
-def _translate(exc: requests.RequestException) -> RetryableDeliveryError:
-    if isinstance(exc, requests.Timeout):
+def _translate(exc: BaseException, guard: Guard) -> RetryableDeliveryError:
+    """The one mapping from a failed request to its :class:`ErrorKind`."""
+    if guard.expired:
+        return RetryableDeliveryError(
+            f"no complete answer within the {guard.seconds:g} s deadline",
+            kind=ErrorKind.TIMEOUT,
+        )
+    if isinstance(exc, requests.Timeout | TimeoutError):
         return RetryableDeliveryError(f"timed out: {exc}", kind=ErrorKind.TIMEOUT)
     if isinstance(exc, requests.exceptions.SSLError) or _caused_by(exc, ssl.SSLError):
         return RetryableDeliveryError(f"TLS error: {exc}", kind=ErrorKind.TLS)
     if _caused_by(exc, NameResolutionError):
         return RetryableDeliveryError(f"DNS lookup failed: {exc}", kind=ErrorKind.DNS)
+    # RemoteDisconnected is both: a receiver that hung up is a connection error.
+    if _caused_by(exc, http.client.HTTPException) and not _caused_by(exc, ConnectionError):
+        return RetryableDeliveryError(
+            f"the receiver's answer is not valid HTTP: {exc}", kind=ErrorKind.PROTOCOL
+        )
     return RetryableDeliveryError(f"connection failed: {exc}", kind=ErrorKind.CONNECTION)
 
 

@@ -20,6 +20,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util import connection
 
+from webhooks import deadline
 from webhooks.urlpolicy import resolve_public
 
 __all__ = ["GuardedAdapter"]
@@ -30,30 +31,52 @@ def _connect_vetted(conn: HTTPConnection, allow_private: bool) -> socket.socket:
         addresses = resolve_public(conn._dns_host, conn.port, allow_private=allow_private)
     except socket.gaierror as exc:
         raise NameResolutionError(conn.host, conn, exc) from exc
+    guard = deadline.current.get()
     last_error: OSError | None = None
     for address, _family in addresses:
+        timeout = conn.timeout
+        if guard is not None:
+            # The attempt's deadline bounds the connect too, not only reads.
+            left = max(guard.remaining(), 0.001)
+            timeout = min(timeout, left) if isinstance(timeout, int | float) else left
         try:
-            return connection.create_connection(
+            sock = connection.create_connection(
                 (str(address), conn.port),
-                conn.timeout,
+                timeout,
                 source_address=conn.source_address,
                 socket_options=conn.socket_options,
             )
         except TimeoutError as exc:
             raise ConnectTimeoutError(
-                conn, f"Connection to {conn.host} timed out. (connect timeout={conn.timeout})"
+                conn, f"Connection to {conn.host} timed out. (connect timeout={timeout})"
             ) from exc
         except OSError as exc:
             last_error = exc
+            continue
+        if guard is not None:
+            guard.watch(sock)  # the TLS handshake and every read after it
+        return sock
     raise NewConnectionError(conn, f"Failed to establish a new connection: {last_error}")
 
 
+class _Watched:
+    """A pooled connection reused by a later attempt joins that attempt's deadline."""
+
+    sock: socket.socket | None
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        guard = deadline.current.get()
+        if guard is not None and self.sock is not None:
+            guard.watch(self.sock)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
 def _pool_classes(allow_private: bool) -> dict[str, type[HTTPConnectionPool]]:
-    class VettedHTTPConnection(HTTPConnection):
+    class VettedHTTPConnection(_Watched, HTTPConnection):
         def _new_conn(self) -> socket.socket:
             return _connect_vetted(self, allow_private)
 
-    class VettedHTTPSConnection(HTTPSConnection):
+    class VettedHTTPSConnection(_Watched, HTTPSConnection):
         def _new_conn(self) -> socket.socket:
             return _connect_vetted(self, allow_private)
 

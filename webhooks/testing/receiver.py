@@ -16,11 +16,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Literal
 
 import trustme
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-__all__ = ["Drop", "Hang", "ReceivedRequest", "Receiver", "Respond", "TestCA"]
+__all__ = ["Drop", "Hang", "Raw", "ReceivedRequest", "Receiver", "Respond", "TestCA", "http_head"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,34 @@ class Drop:
     """Close the connection without an answer."""
 
 
-Behaviour = Respond | Hang | Drop
+@dataclass(frozen=True)
+class Raw:
+    """Write ``data`` as the answer, ``chunk_bytes`` at a time (0: at once)
+    every ``interval_s``, then close the connection or hang on it.
+
+    Misbehaving answers are made of it: a status line trickled a byte at a
+    time, a 200 whose body stalls or is cut, garbage, a compression bomb.
+    """
+
+    data: bytes
+    chunk_bytes: int = 0
+    interval_s: float = 0.0
+    then: Literal["close", "hang"] = "close"
+    head: bytes = b""  # written at once before ``data``
+
+
+def http_head(
+    status: int, headers: dict[str, str] | None = None, *, content_length: int | None = None
+) -> bytes:
+    """A status line and headers, for :class:`Raw` answers."""
+    lines = [f"HTTP/1.1 {status} Whatever"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if content_length is not None:
+        lines.append(f"Content-Length: {content_length}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+Behaviour = Respond | Hang | Drop | Raw
 
 
 @dataclass(frozen=True)
@@ -200,6 +228,9 @@ class Receiver:
                     receiver._stopping.wait(behaviour.seconds)
                     self.close_connection = True
                     return
+                if isinstance(behaviour, Raw):
+                    self._write_raw(behaviour)
+                    return
                 if behaviour.delay_s:
                     time.sleep(behaviour.delay_s)
                 self.send_response(behaviour.status)
@@ -209,6 +240,22 @@ class Receiver:
                 self.send_header("Content-Length", str(len(behaviour.body)))
                 self.end_headers()
                 self.wfile.write(behaviour.body)
+
+            def _write_raw(self, raw: Raw) -> None:
+                self.close_connection = True
+                step = raw.chunk_bytes or len(raw.data) or 1
+                try:
+                    if raw.head:
+                        self.wfile.write(raw.head)
+                    for start in range(0, len(raw.data), step):
+                        if start and raw.interval_s and receiver._stopping.wait(raw.interval_s):
+                            return
+                        self.wfile.write(raw.data[start : start + step])
+                        self.wfile.flush()
+                    if raw.then == "hang":
+                        receiver._stopping.wait(3600)
+                except OSError:
+                    return  # the sender gave up on us, as it should
 
             def log_message(self, format: str, *args: object) -> None:
                 return

@@ -7,7 +7,9 @@ makes it a reliable delivery lives in :class:`DeliveryTask`:
   the caller's ``ValueError`` and nothing is published;
 * ``retry`` supplies the countdown sequence (``WEBHOOKS_RETRY_SCHEDULE``)
   for ``autoretry_for`` and sizes the retry budget from it;
-* ``on_failure`` turns the last failure, of whatever kind, into a dead letter.
+* ``on_failure`` turns the last failure, of whatever kind, into a dead letter;
+* :class:`DeliveryRequest` does the same when Celery's hard time limit ends
+  an attempt, which Celery itself would acknowledge and forget.
 """
 
 from __future__ import annotations
@@ -20,19 +22,49 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown, worker_shutdown
+from celery.worker import state as worker_state
+from celery.worker.request import Request, task_ready
 
 from config.celery_app import SLOW_QUEUE, WebhooksCelery, app
 from tasks.routing import router
 from webhooks import backoff
 from webhooks.delivery import Deliverer, Job, Parked
-from webhooks.errors import DeliveryError, InvalidEvent, RetryableDeliveryError
+from webhooks.errors import DeliveryError, ErrorKind, InvalidEvent, RetryableDeliveryError
 from webhooks.events import MessageEvent, event_body, parse_event
 from webhooks.signing import new_webhook_id
 from webhooks.urlpolicy import check_url
 
-__all__ = ["DeliveryTask", "deliver_webhook"]
+__all__ = ["DeliveryRequest", "DeliveryTask", "deliver_webhook"]
 
 log = logging.getLogger(__name__)
+
+
+class DeliveryRequest(Request):  # type: ignore[misc]
+    """A hard time limit retries or dead-letters the delivery before the ack.
+
+    Celery's own handler acknowledges a task killed by the hard limit
+    without calling ``on_failure``: the event would end neither delivered
+    nor dead-lettered. The sender's deadline keeps attempts far below the
+    limit, so this is the safety net for what it cannot cut (a resolver
+    that hangs, a starved process). Runs in the worker's main process.
+    """
+
+    task: DeliveryTask
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if soft or worker_state.should_terminate:
+            super().on_timeout(soft, timeout)
+            return
+        try:
+            self.task.after_hard_limit(self, timeout)
+        except Exception:
+            # Neither a retry nor a dead letter could be stored: hand the
+            # message back to the broker rather than acknowledge it.
+            log.exception("delivery %s passed the hard time limit; requeueing it", self.id)
+            task_ready(self)
+            self.reject(requeue=True)
+            return
+        super().on_timeout(soft, timeout)
 
 
 class DeliveryTask(Task):  # type: ignore[misc]
@@ -123,6 +155,45 @@ class DeliveryTask(Task):  # type: ignore[misc]
             log.exception("could not schedule the retry; requeueing: %s", rejected.reason)
             raise Reject(rejected.reason, requeue=True) from exc
 
+    def after_hard_limit(self, request: Request, timeout: float) -> None:
+        """What ``retry`` and ``on_failure`` would have done, from the main process."""
+        kwargs = dict(request.kwargs or {})
+        retries = int(request.request_dict.get("retries") or 0)
+        attempt = int(kwargs.get("attempt") or retries + 1)
+        error = RetryableDeliveryError(
+            f"the attempt passed the task's hard time limit ({timeout:g} s)",
+            kind=ErrorKind.TIMEOUT,
+        )
+        schedule = self.app.settings.retry_schedule
+        if retries < len(schedule):
+            kwargs["attempt"] = attempt + 1
+            log.warning("delivery %s attempt %d: %s; retrying", request.id, attempt, error)
+            hard, soft = request.time_limits  # a producer's own limits, kept as retry() does
+            self.apply_async(
+                kwargs=kwargs,
+                task_id=request.id,
+                retries=retries + 1,
+                countdown=backoff.countdown(retries, schedule),
+                queue=router.queue_for(kwargs),
+                time_limit=hard,
+                soft_time_limit=soft,
+            )
+            return
+        # Not the cached deliverer: in a prefork parent it would be inherited
+        # by every pool process forked later.
+        deliverer = Deliverer.from_settings(self.app.settings)
+        try:
+            deliverer.record_failure(
+                kwargs.get("event"),
+                webhook_id=kwargs.get("webhook_id") or request.id,
+                callback_url=kwargs.get("callback_url"),
+                attempts=attempt,
+                error=error,
+            )
+        finally:
+            deliverer.close()
+        log.warning("delivery %s dead-lettered after %d attempt(s): %s", request.id, attempt, error)
+
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
@@ -162,6 +233,7 @@ class DeliveryTask(Task):  # type: ignore[misc]
     autoretry_for=(RetryableDeliveryError, SoftTimeLimitExceeded),
     throws=(DeliveryError,),
     acks_late=True,
+    Request="tasks.delivery:DeliveryRequest",
 )
 def deliver_webhook(
     self: DeliveryTask,

@@ -191,6 +191,12 @@ class Deliverer:
         self._finish(job, parsed, target, grant, ended)
         return Delivered(status=response.status, duration_s=response.duration_s)
 
+    def close(self) -> None:
+        """Write what is summed and let go of the connections."""
+        self.flush()
+        self.sender.close()
+        self.redis.close()
+
     def flush(self) -> None:
         """Write the metrics and health this process has summed so far."""
         if self.observer is not None:

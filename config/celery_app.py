@@ -10,6 +10,9 @@ All reliability choices live here, each with the failure it prevents:
 * ``visibility_timeout`` above the task time limit plus the longest retry
   countdown: the Redis broker never redelivers a task that is still running or
   waiting out a countdown (see ``Settings``).
+* worker heartbeats (``tasks/reclaim.py``): what a worker that died without
+  warning held is handed out again once it has been silent for
+  ``WEBHOOKS_WORKER_DEAD_AFTER_S``, not after the visibility timeout.
 * JSON only, no result backend: payloads are data, never pickles, and
   delivery outcomes go to :mod:`webhooks.outcomes`, not to Celery results.
 """
@@ -94,7 +97,9 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
 
 
 def create_app(settings: Settings | None = None) -> WebhooksCelery:
-    app = WebhooksCelery("webhooks", include=["tasks.routing", "tasks.delivery", "tasks.pump"])
+    app = WebhooksCelery(
+        "webhooks", include=["tasks.routing", "tasks.delivery", "tasks.pump", "tasks.reclaim"]
+    )
     app.configure(settings or Settings())
     return app
 

@@ -113,6 +113,14 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(
         3600, gt=0, description="Redis broker: when an unacknowledged task is redelivered."
     )
+    worker_heartbeat_s: float = Field(
+        10.0, gt=0, description="How often a worker says it is alive and looks for dead ones."
+    )
+    worker_dead_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="A worker silent this long is dead: what it held is delivered again.",
+    )
     redis_socket_timeout_s: float = Field(5.0, gt=0)
     outcome_retention_s: int = Field(
         7 * 24 * 3600, gt=0, description="How long a delivery's outcome record is kept."
@@ -179,6 +187,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed the task time "
                 f"limit plus the longest retry countdown ({needed:.0f} s)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> Settings:
+        # A worker that misses one beat (a slow Redis call, a GC pause) must
+        # not be taken for dead: its deliveries would go out twice.
+        if self.worker_dead_after_s < 3 * self.worker_heartbeat_s:
+            raise ValueError(
+                f"worker_dead_after_s ({self.worker_dead_after_s:g}) must be at least three "
+                f"heartbeats ({3 * self.worker_heartbeat_s:g} s)"
             )
         return self
 

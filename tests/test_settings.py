@@ -180,6 +180,12 @@ def test_a_malformed_signing_secret_stops_the_start(secret: str, problem: str) -
         Settings(signing_secret=secret)
 
 
+def test_a_worker_is_not_taken_for_dead_after_fewer_than_three_missed_beats() -> None:
+    with pytest.raises(ValidationError, match="at least three heartbeats"):
+        Settings(worker_heartbeat_s=10, worker_dead_after_s=25)
+    assert Settings(worker_heartbeat_s=10, worker_dead_after_s=30).worker_dead_after_s == 30
+
+
 def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValidationError):

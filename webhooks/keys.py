@@ -19,6 +19,7 @@ __all__ = [
     "PARKED_ENDPOINTS",
     "PREFIX",
     "SLOW_ENDPOINTS",
+    "WORKERS",
     "EndpointKeys",
     "attempts_by_conversation",
     "attempts_by_message",
@@ -27,6 +28,8 @@ __all__ = [
     "delivery",
     "endpoint",
     "metrics_minute",
+    "worker_held",
+    "worker_reaping",
 ]
 
 PREFIX = "webhooks"
@@ -35,6 +38,9 @@ PREFIX = "webhooks"
 CONVERSATIONS = f"{PREFIX}:conversations"
 #: Sorted set of dead-lettered webhook ids, scored by failure time (epoch s).
 DEAD_LETTERS = f"{PREFIX}:dead"
+#: Broker Redis: sorted set of live worker incarnations, scored by their last
+#: heartbeat (Redis' clock, epoch s).
+WORKERS = f"{PREFIX}:workers"
 #: Sorted set of endpoints with parked deliveries, scored by when (epoch ms)
 #: the pump should next look at them.
 PARKED_ENDPOINTS = f"{PREFIX}:parked"
@@ -47,6 +53,16 @@ KNOWN_ENDPOINTS = f"{PREFIX}:endpoints"
 METRICS_TOTALS = f"{PREFIX}:{{metrics}}:totals"
 #: Set of endpoints that have their own metrics label (bounded).
 METRICS_ENDPOINTS = f"{PREFIX}:{{metrics}}:endpoints"
+
+
+def worker_held(incarnation: str) -> str:
+    """Broker Redis: set of the kombu delivery tags a worker incarnation took."""
+    return f"{PREFIX}:worker:{incarnation}:held"
+
+
+def worker_reaping(incarnation: str) -> str:
+    """Broker Redis: lock held by the one worker reclaiming a dead incarnation."""
+    return f"{PREFIX}:worker:{incarnation}:reaping"
 
 
 def conversation(conversation_id: str) -> str:

@@ -1,0 +1,58 @@
+"""tasks.reclaim's bookkeeping against a real Redis: beats, pruning, reaping.
+
+The end-to-end behaviour (a SIGKILLed worker's delivery handed out again by
+a live worker) is in test_reliability.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from tasks.reclaim import UNACKED, Reclaimer
+from webhooks import keys
+
+
+def reclaimer(client: redis.Redis, restored: list[str], name: str) -> Reclaimer:
+    return Reclaimer(client, restored.append, incarnation=name, dead_after_s=5)
+
+
+def test_a_beat_forgets_the_tags_kombu_no_longer_holds(client: redis.Redis) -> None:
+    # Given a worker that took two deliveries, one acknowledged since
+    alive = reclaimer(client, [], "alive")
+    alive.took("tag-acked")
+    alive.took("tag-held")
+    client.hset(UNACKED, "tag-held", "[]")
+
+    # When it beats
+    alive.beat()
+
+    # Then it is listed alive on Redis' clock and keeps only the held tag
+    assert client.smembers(keys.worker_held("alive")) == {"tag-held"}
+    (seconds, _) = client.time()
+    score = client.zscore(keys.WORKERS, "alive")
+    assert score is not None and abs(score - seconds) < 2
+
+
+def test_a_silent_worker_is_reaped_once_and_only_its_unacked_tags_restored(
+    client: redis.Redis,
+) -> None:
+    # Given a worker last heard from 10 s ago holding one unacknowledged
+    # delivery and one acknowledged since, and a worker that just beat
+    (seconds, _) = client.time()
+    client.zadd(keys.WORKERS, {"dead": seconds - 10})
+    client.sadd(keys.worker_held("dead"), "tag-held", "tag-acked")
+    client.hset(UNACKED, "tag-held", "[]")
+    restored: list[str] = []
+    alive = reclaimer(client, restored, "alive")
+    alive.beat()
+
+    # When two workers reap, one after the other
+    first = alive.reap()
+    second = reclaimer(client, restored, "other").reap()
+
+    # Then the dead worker's held delivery was restored once, its records
+    # are gone, and the live worker was left alone
+    assert (first, second, restored) == (1, 0, ["tag-held"])
+    assert client.exists(keys.worker_held("dead")) == 0
+    assert client.zscore(keys.WORKERS, "dead") is None
+    assert client.zscore(keys.WORKERS, "alive") is not None

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test lint mypy pytest clean bench venv
+.PHONY: all demo test lint mypy pytest clean bench chaos venv
 
 all: test
 
@@ -42,3 +42,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.compare
 	$(BIN)/python -m bench.attempt_cpu
 	$(BIN)/python -m bench.ratelimit_overhead
+
+## make chaos: every accepted event delivered or dead-lettered while workers and Redis crash
+## (bench.chaos; `python -m bench.chaos --quick` for a smoke run); report in bench-results/.
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos

@@ -70,13 +70,8 @@ class Reclaimer:
         """Say this incarnation is alive, and forget the tags it acknowledged."""
         held_key = keys.worker_held(self.incarnation)
         self._redis.zadd(keys.WORKERS, {self.incarnation: self._now()})
-        tags = [str(t) for t in self._redis.smembers(held_key)]
-        if not tags:
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for tag in tags:
-            pipe.hexists(UNACKED, tag)
-        done = [tag for tag, held in zip(tags, pipe.execute(), strict=True) if not held]
+        tags = self._held(held_key)
+        done = tags - set(self._unacked(tags))
         if done:
             self._redis.srem(held_key, *done)
 
@@ -92,11 +87,7 @@ class Reclaimer:
         if not self._redis.set(lock, self.incarnation, nx=True, ex=60):
             return 0  # another worker is at it
         held_key = keys.worker_held(incarnation)
-        tags = [str(t) for t in self._redis.smembers(held_key)]
-        pipe = self._redis.pipeline(transaction=False)
-        for tag in tags:
-            pipe.hexists(UNACKED, tag)
-        unacked = [tag for tag, held in zip(tags, pipe.execute(), strict=True) if held]
+        unacked = self._unacked(self._held(held_key))
         for tag in unacked:
             # kombu's own transaction: a no-op if it was acknowledged meanwhile.
             self._restore(tag)
@@ -109,6 +100,17 @@ class Reclaimer:
                 len(unacked),
             )
         return len(unacked)
+
+    def _held(self, held_key: str) -> set[str]:
+        return {str(tag) for tag in self._redis.smembers(held_key)}
+
+    def _unacked(self, tags: set[str]) -> list[str]:
+        """Those of ``tags`` kombu still holds unacknowledged."""
+        ordered = sorted(tags)
+        pipe = self._redis.pipeline(transaction=False)
+        for tag in ordered:
+            pipe.hexists(UNACKED, tag)
+        return [tag for tag, held in zip(ordered, pipe.execute(), strict=True) if held]
 
     def _now(self) -> float:
         seconds, micros = self._redis.time()

@@ -106,6 +106,14 @@ class RedisServer:
                 self._process.wait()
             self._process = None
 
+    def kill(self) -> None:
+        """SIGKILL the server, a crash: with ``appendfsync everysec`` up to about the
+        last second of writes is lost. The port and directory are kept for a restart."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
     def close(self) -> None:
         self.stop()
         if self._tmp is not None:

@@ -22,7 +22,7 @@ from webhooks import keys
 from webhooks.attempts import AttemptLog
 from webhooks.delivery import Delivered, Deliverer, Job, conversation_store
 from webhooks.endpoints import normalize_endpoint
-from webhooks.errors import ErrorKind, RetryableDeliveryError
+from webhooks.errors import ErrorKind, PermanentDeliveryError, RetryableDeliveryError
 from webhooks.events import parse_event
 from webhooks.outcomes import OutcomeStore
 from webhooks.sender import SentResponse
@@ -132,3 +132,24 @@ def test_a_freed_slot_wakes_the_endpoints_waiting_line(
     # Then the pump is told to look at the line now, not in an hour
     due = client.zscore(keys.PARKED_ENDPOINTS, ENDPOINT)
     assert due is not None and due <= time.time() * 1000
+
+
+def test_an_event_that_cannot_be_encoded_fails_at_once_and_takes_no_slot(
+    client: redis.Redis, settings: Settings
+) -> None:
+    # Given a queued event with a lone surrogate, as a producer that skipped
+    # delay()'s checks could publish
+    deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01, excerpt=""))
+    job = a_job(client, settings)
+    job.event["data"]["content"] = "half an emoji \ud83d"
+
+    # When an attempt is made, Then it is refused as an invalid event
+    with pytest.raises(PermanentDeliveryError) as caught:
+        deliverer.attempt(job)
+    assert caught.value.kind is ErrorKind.INVALID_EVENT
+    assert "lone surrogate" in str(caught.value)
+
+    # And nothing was sent, and the endpoint's slot and window were never touched
+    assert deliverer.sender.posts == []  # type: ignore[attr-defined]
+    ek = keys.endpoint(ENDPOINT)
+    assert (client.zcard(ek.inflight), client.zcard(ek.window)) == (0, 0)

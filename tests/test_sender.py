@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -389,6 +391,61 @@ def test_status_line_trickled_a_byte_at_a_time_times_out_at_the_deadline(
     assert error.kind is ErrorKind.TIMEOUT
     assert "deadline" in str(error)
     assert DEADLINE_S <= took < DEADLINE_S + SLACK_S
+
+
+class TrickleProxy:
+    """A TCP proxy that passes the server's bytes on one every 50 ms: a TLS
+    handshake that makes progress, far too slowly to finish in time."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream_port = upstream_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self._upstream_port))
+                threading.Thread(target=self._pipe, args=(client, upstream, 0), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(upstream, client, 1), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket, step: int) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(step or 65536):
+                sink.sendall(data)
+                if step:
+                    time.sleep(0.05)
+        # One side hung up: hang up the other, or the receiver's accept
+        # loop (it shakes hands there) waits for ever.
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_tls_handshake_trickled_a_byte_at_a_time_times_out_at_the_deadline(
+    receiver: Receiver, quick: Sender, path: str
+) -> None:
+    # Given a receiver whose handshake bytes come one every 50 ms: each read
+    # is within the timeouts, the whole handshake would take over a minute
+    # (CPython bounds a handshake as a whole by the connect timeout)
+    proxy = TrickleProxy(receiver.port)
+    try:
+        # When posted through it
+        error, took = timed_post(quick, f"https://127.0.0.1:{proxy.port}{path}")
+    finally:
+        proxy.close()
+
+    # Then the attempt ends at its deadline as a timeout
+    assert isinstance(error, RetryableDeliveryError)
+    assert error.kind is ErrorKind.TIMEOUT
+    assert took < DEADLINE_S + SLACK_S
+    assert receiver.received(path) == []
 
 
 def test_a_reused_connection_is_held_to_the_deadline_too(

@@ -40,7 +40,9 @@ def _connect_vetted(conn: HTTPConnection, allow_private: bool) -> socket.socket:
             left = max(guard.remaining(), 0.001)
             timeout = min(timeout, left) if isinstance(timeout, int | float) else left
         try:
-            sock = connection.create_connection(
+            # CPython bounds a TLS handshake as a whole by this timeout too;
+            # the reads after it are watched from request() on.
+            return connection.create_connection(
                 (str(address), conn.port),
                 timeout,
                 source_address=conn.source_address,
@@ -52,22 +54,25 @@ def _connect_vetted(conn: HTTPConnection, allow_private: bool) -> socket.socket:
             ) from exc
         except OSError as exc:
             last_error = exc
-            continue
-        if guard is not None:
-            guard.watch(sock)  # the TLS handshake and every read after it
-        return sock
     raise NewConnectionError(conn, f"Failed to establish a new connection: {last_error}")
 
 
 class _Watched:
-    """A pooled connection reused by a later attempt joins that attempt's deadline."""
+    """Every request joins its attempt's deadline, on a new or a reused connection.
+
+    urllib3 connects an HTTPS connection (and shakes hands) before it calls
+    ``request``; a plain one is connected here first, so ``sock`` is there.
+    """
 
     sock: socket.socket | None
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         guard = deadline.current.get()
-        if guard is not None and self.sock is not None:
-            guard.watch(self.sock)
+        if guard is not None:
+            if self.sock is None:
+                self.connect()  # type: ignore[attr-defined]
+            if self.sock is not None:
+                guard.watch(self.sock)
         super().request(*args, **kwargs)  # type: ignore[misc]
 
 

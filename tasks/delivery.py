@@ -159,7 +159,7 @@ class DeliveryTask(Task):  # type: ignore[misc]
         """What ``retry`` and ``on_failure`` would have done, from the main process."""
         kwargs = dict(request.kwargs or {})
         retries = int(request.request_dict.get("retries") or 0)
-        attempt = int(kwargs.get("attempt") or retries + 1)
+        attempt = _attempt_from(kwargs, retries)
         error = RetryableDeliveryError(
             f"the attempt passed the task's hard time limit ({timeout:g} s)",
             kind=ErrorKind.TIMEOUT,
@@ -183,47 +183,24 @@ class DeliveryTask(Task):  # type: ignore[misc]
         # by every pool process forked later.
         deliverer = Deliverer.from_settings(self.app.settings)
         try:
-            deliverer.record_failure(
-                kwargs.get("event"),
-                webhook_id=kwargs.get("webhook_id") or request.id,
-                callback_url=kwargs.get("callback_url"),
-                attempts=attempt,
-                error=error,
-            )
+            _dead_letter(deliverer, kwargs, kwargs.get("webhook_id") or request.id, attempt, error)
         finally:
             deliverer.close()
-        log.warning("delivery %s dead-lettered after %d attempt(s): %s", request.id, attempt, error)
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
-        kwargs = kwargs or {}
-        event = kwargs.get("event", args[0] if args else None)
+        kwargs = {"event": args[0] if args else None, **(kwargs or {})}
         webhook_id = kwargs.get("webhook_id") or task_id
-        attempts = _attempt_number(self.request)
         try:
-            outcome = self.deliverer.record_failure(
-                event,
-                webhook_id=webhook_id,
-                callback_url=kwargs.get("callback_url"),
-                attempts=attempts,
-                error=exc,
-            )
+            _dead_letter(self.deliverer, kwargs, webhook_id, _attempt_number(self.request), exc)
         except Exception:
             # Last resort: the log line must carry what is needed to replay.
             log.exception(
                 "delivery %s failed and its dead letter could not be stored; event: %r",
                 webhook_id,
-                event,
+                kwargs["event"],
             )
-            return
-        log.warning(
-            "delivery %s dead-lettered after %d attempt(s): %s: %s",
-            webhook_id,
-            attempts,
-            outcome.error_kind,
-            outcome.error,
-        )
 
 
 @app.task(  # type: ignore[untyped-decorator]
@@ -286,5 +263,34 @@ def flush_observations(**_: Any) -> None:
 
 
 def _attempt_number(request: Any) -> int:
-    given = (request.kwargs or {}).get("attempt")
-    return int(given) if given else request.retries + 1
+    return _attempt_from(request.kwargs, request.retries)
+
+
+def _attempt_from(kwargs: dict[str, Any] | None, retries: int) -> int:
+    """The HTTP attempt number a delivery's kwargs carry, else retries + 1."""
+    given = (kwargs or {}).get("attempt")
+    return int(given) if given else retries + 1
+
+
+def _dead_letter(
+    deliverer: Deliverer,
+    kwargs: dict[str, Any],
+    webhook_id: str,
+    attempts: int,
+    error: BaseException,
+) -> None:
+    """Store the dead letter and say so; raises if it could not be stored."""
+    outcome = deliverer.record_failure(
+        kwargs.get("event"),
+        webhook_id=webhook_id,
+        callback_url=kwargs.get("callback_url"),
+        attempts=attempts,
+        error=error,
+    )
+    log.warning(
+        "delivery %s dead-lettered after %d attempt(s): %s: %s",
+        webhook_id,
+        attempts,
+        outcome.error_kind,
+        outcome.error,
+    )

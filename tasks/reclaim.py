@@ -24,6 +24,7 @@ clock, so machines' clocks need not agree.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -142,6 +143,7 @@ class WorkerReclaim(bootsteps.StartStopStep):  # type: ignore[misc]
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._previous: str | None = None
+        self._connections: tuple[Any, ...] = ()
 
     def start(self, consumer: Any) -> None:
         settings = consumer.app.settings
@@ -155,6 +157,7 @@ class WorkerReclaim(bootsteps.StartStopStep):  # type: ignore[misc]
             incarnation=f"{consumer.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
             dead_after_s=settings.worker_dead_after_s,
         )
+        self._connections = (client, connection)  # a reconnect makes new ones
         previous, self._previous = self._previous, reclaimer.incarnation
         WorkerReclaim.current = reclaimer
         self._stopping = threading.Event()
@@ -186,6 +189,10 @@ class WorkerReclaim(bootsteps.StartStopStep):  # type: ignore[misc]
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        for connection in self._connections:
+            with contextlib.suppress(Exception):  # the broker may be the reason we stop
+                connection.close()
+        self._connections = ()
 
 
 app.steps["consumer"].add(WorkerReclaim)

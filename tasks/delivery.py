@@ -51,6 +51,28 @@ class DeliveryRequest(Request):  # type: ignore[misc]
 
     task: DeliveryTask
 
+    def acknowledge(self) -> None:
+        """Never acknowledge a delivery Celery cancelled on a broker connection loss.
+
+        On a connection loss Celery cancels every running late-ack task. The
+        gevent pool ends a cancelled task with ``GreenletExit`` and reports it
+        as a *success*, so Celery acknowledges it. redis-py retries that ack
+        until Redis is back, and the message leaves kombu's ``unacked`` hash
+        before the reclaim (``tasks/reclaim.py``) can hand it out again: the
+        event would be neither delivered nor dead-lettered. Left
+        unacknowledged, it is redelivered with the rest of what the lost
+        connection held. The prefork pool reports a cancelled task as
+        ``Terminated`` and never gets here.
+        """
+        if self._already_cancelled:
+            log.warning(
+                "delivery %s was cancelled by a broker connection loss; "
+                "left unacknowledged to be delivered again",
+                self.id,
+            )
+            return
+        super().acknowledge()
+
     def on_timeout(self, soft: bool, timeout: float) -> None:
         if soft or worker_state.should_terminate:
             super().on_timeout(soft, timeout)

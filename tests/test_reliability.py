@@ -85,8 +85,15 @@ def workers(broker: Broker) -> Iterator[Callable[..., WorkerProcess]]:
     """Start single-process workers on ``broker``; whatever still runs is killed after."""
     started: list[WorkerProcess] = []
 
-    def start(name: str = "worker", **overrides: str) -> WorkerProcess:
-        process = WorkerProcess(broker.worker_env(**overrides), concurrency=1, name=name)
+    def start(
+        name: str = "worker", pool: str = "prefork", concurrency: int = 1, **overrides: str
+    ) -> WorkerProcess:
+        process = WorkerProcess(
+            broker.worker_env(**overrides),
+            concurrency=concurrency,
+            name=name,
+            extra_args=("--pool", pool),
+        )
         started.append(process)
         return process.start()
 
@@ -303,6 +310,48 @@ def test_a_retry_pending_across_a_redis_restart_is_kept_and_delivered(
     worker.stop()
     assert_nothing_left(broker)
     assert len(receiver.received(path)) == 2
+
+
+#: An attempt long enough for Redis to be stopped and started within it.
+SLOW_ANSWER_SETTINGS = {
+    **RESTART_SETTINGS,
+    "WEBHOOKS_TIMEOUT_S": "10",
+    "WEBHOOKS_VISIBILITY_TIMEOUT_S": str(
+        minimal_visibility_timeout_s(
+            timeout_s=10.0, connect_timeout_s=1.0, retry_schedule=(RESTART_SCHEDULE_S,)
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("pool", ["prefork", "gevent"])  # the Procfile's two workers
+def test_an_attempt_cut_short_by_a_redis_restart_is_made_again(
+    broker: Broker, workers: Callable[..., WorkerProcess], receiver: Receiver, pool: str
+) -> None:
+    # Given a worker in the middle of an attempt whose receiver is slow to
+    # answer, with room for more, so it is waiting on the broker meanwhile
+    worker = workers(pool, pool=pool, concurrency=2, **SLOW_ANSWER_SETTINGS)
+    path = unique_path()
+    cid, _ = registered(broker.conversations, receiver, path)
+    receiver.script(path, [Hang(8), Respond(200)])
+    result = deliver_webhook.delay(make_event(cid))
+    receiver.wait_for(1, path)
+
+    # When Redis is stopped and started again while the attempt runs, which
+    # makes Celery cancel the running task (gevent reports that as a success)
+    broker.server.stop()
+    time.sleep(1.5)
+    broker.server.start()
+
+    # Then the cancelled delivery is not acknowledged but handed out again,
+    # and the event is delivered under the same webhook-id
+    first, second = receiver.wait_for(2, path, timeout=30)
+    outcome = broker.wait_outcome(result.id, timeout=30)
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == result.id
+    assert (outcome.state, outcome.status) == ("delivered", 200)
+    assert "cannot be acknowledged after a connection loss" in worker.output(), worker.output()
+    worker.stop()
+    assert_nothing_left(broker)
 
 
 def test_a_worker_holding_a_retry_survives_a_redis_restart(

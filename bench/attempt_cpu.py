@@ -30,10 +30,13 @@ from typing import Any
 from bench.ratelimit_overhead import NEVER_BINDS
 from bench.rig import PATH, commandstats, message_event, rig
 from bench.sink import Sink
+from config import wiring
 from config.celery_app import app
 from config.settings import Settings
-from webhooks.delivery import Deliverer, Job, conversation_store
+from config.wiring import conversation_store
+from webhooks.delivery import Deliverer, Job
 from webhooks.events import parse_event
+from webhooks.progress import Delivery
 from webhooks.testing.receiver import TestCA
 
 __all__ = ["main"]
@@ -42,15 +45,7 @@ __all__ = ["main"]
 def attempts(deliverer: Deliverer, events: list[dict[str, Any]]) -> None:
     for event in events:
         deliverer.attempt(
-            Job(
-                event=event,
-                webhook_id=f"msg_{uuid.uuid4().hex}",
-                callback_url=None,
-                attempt=1,
-                retries=0,
-                queue="webhooks",
-                worker="bench",
-            )
+            Job(Delivery(event, f"msg_{uuid.uuid4().hex}"), queue="webhooks", worker="bench")
         )
 
 
@@ -72,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                 rate_limit=NEVER_BINDS["WEBHOOKS_RATE_LIMIT"],
                 max_concurrency=int(NEVER_BINDS["WEBHOOKS_MAX_CONCURRENCY"]),
             )
-            deliverer = Deliverer.from_settings(settings)
+            deliverer = wiring.deliverer(settings)
 
             def batch() -> list[dict[str, Any]]:
                 return [

@@ -68,10 +68,10 @@ from kombu.exceptions import OperationalError
 from bench.rig import UNACKED, load_average, machine, message_event, write_report
 from config.celery_app import app
 from config.settings import Settings
+from config.wiring import conversation_store
 from tasks import deliver_webhook
 from tasks.routing import router
 from webhooks import keys
-from webhooks.delivery import conversation_store
 from webhooks.endpoints import normalize_endpoint
 from webhooks.testing.receiver import (
     Behaviour,

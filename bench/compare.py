@@ -77,8 +77,8 @@ from bench.rig import (
 )
 from bench.sink import Sink
 from config.celery_app import QUEUE, RELEASED_QUEUE, app
+from config.wiring import conversation_store
 from tasks import deliver_webhook
-from webhooks.delivery import conversation_store
 from webhooks.testing.receiver import TestCA
 from webhooks.testing.worker import FAST_QUEUES, WorkerProcess
 

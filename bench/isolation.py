@@ -52,10 +52,10 @@ from bench.rig import (
     write_report,
 )
 from config.celery_app import app
+from config.wiring import conversation_store
 from tasks import deliver_webhook
 from tasks.routing import router
 from webhooks import keys
-from webhooks.delivery import conversation_store
 from webhooks.endpoints import normalize_endpoint
 from webhooks.testing.receiver import Hang, TestCA
 from webhooks.testing.worker import ALL_QUEUES, FAST_QUEUES, SLOW_QUEUES, WorkerProcess

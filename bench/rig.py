@@ -23,8 +23,8 @@ import redis
 
 from config.celery_app import app
 from config.settings import Settings
+from config.wiring import conversation_store
 from tasks import deliver_webhook
-from webhooks.delivery import conversation_store
 from webhooks.endpoints import normalize_endpoint
 from webhooks.testing.receiver import Receiver, TestCA
 from webhooks.testing.redis_server import RedisServer

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
@@ -25,12 +26,14 @@ from celery.signals import worker_process_shutdown, worker_shutdown
 from celery.worker import state as worker_state
 from celery.worker.request import Request, task_ready
 
+from config import wiring
 from config.celery_app import SLOW_QUEUE, WebhooksCelery, app
 from tasks.routing import router
 from webhooks import backoff
 from webhooks.delivery import Deliverer, Job, Parked
 from webhooks.errors import DeliveryError, ErrorKind, InvalidEvent, RetryableDeliveryError
 from webhooks.events import MessageEvent, event_body, parse_event
+from webhooks.progress import Delivery
 from webhooks.signing import new_webhook_id
 from webhooks.urlpolicy import check_url
 
@@ -96,7 +99,7 @@ class DeliveryTask(Task):  # type: ignore[misc]
     def deliverer(self) -> Deliverer:
         # Built on first use, i.e. inside the pool process after the fork, so
         # each process gets its own HTTP connection pool and Redis client.
-        return Deliverer.from_settings(self.app.settings)
+        return wiring.deliverer(self.app.settings)
 
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
@@ -152,18 +155,19 @@ class DeliveryTask(Task):  # type: ignore[misc]
             countdown = backoff.countdown(self.request.retries, schedule)
         if max_retries is None:
             max_retries = len(schedule)
+        delivery = _delivery(self.request)
         if self.request.retries < max_retries:
             log.info(
                 "delivery %s attempt %d failed (%s); retrying in %.1f s",
-                (self.request.kwargs or {}).get("webhook_id"),
-                _attempt_number(self.request),
+                delivery.webhook_id,
+                delivery.attempt,
                 exc,
                 countdown or 0.0,
             )
         if kwargs is None:
             # The next HTTP attempt carries the next number; 429 back-offs
             # (parked, not retried) also advance it, so it is not retries + 1.
-            kwargs = {**(self.request.kwargs or {}), "attempt": _attempt_number(self.request) + 1}
+            kwargs = replace(delivery, attempt=delivery.attempt + 1).task_kwargs()
         # Celery keeps a retry on its original queue; route it by the
         # endpoint's health now instead.
         options.setdefault("queue", router.queue_for(kwargs))
@@ -179,17 +183,16 @@ class DeliveryTask(Task):  # type: ignore[misc]
 
     def after_hard_limit(self, request: Request, timeout: float) -> None:
         """What ``retry`` and ``on_failure`` would have done, from the main process."""
-        kwargs = dict(request.kwargs or {})
         retries = int(request.request_dict.get("retries") or 0)
-        attempt = _attempt_from(kwargs, retries)
+        delivery = Delivery.from_task(request.kwargs, retries=retries, task_id=request.id)
         error = RetryableDeliveryError(
             f"the attempt passed the task's hard time limit ({timeout:g} s)",
             kind=ErrorKind.TIMEOUT,
         )
         schedule = self.app.settings.retry_schedule
         if retries < len(schedule):
-            kwargs["attempt"] = attempt + 1
-            log.warning("delivery %s attempt %d: %s; retrying", request.id, attempt, error)
+            kwargs = replace(delivery, attempt=delivery.attempt + 1).task_kwargs()
+            log.warning("delivery %s attempt %d: %s; retrying", request.id, delivery.attempt, error)
             hard, soft = request.time_limits  # a producer's own limits, kept as retry() does
             self.apply_async(
                 kwargs=kwargs,
@@ -203,9 +206,9 @@ class DeliveryTask(Task):  # type: ignore[misc]
             return
         # Not the cached deliverer: in a prefork parent it would be inherited
         # by every pool process forked later.
-        deliverer = Deliverer.from_settings(self.app.settings)
+        deliverer = wiring.deliverer(self.app.settings)
         try:
-            _dead_letter(deliverer, kwargs, kwargs.get("webhook_id") or request.id, attempt, error)
+            _dead_letter(deliverer, delivery, error)
         finally:
             deliverer.close()
 
@@ -213,14 +216,14 @@ class DeliveryTask(Task):  # type: ignore[misc]
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         kwargs = {"event": args[0] if args else None, **(kwargs or {})}
-        webhook_id = kwargs.get("webhook_id") or task_id
+        delivery = Delivery.from_task(kwargs, retries=self.request.retries, task_id=task_id)
         try:
-            _dead_letter(self.deliverer, kwargs, webhook_id, _attempt_number(self.request), exc)
+            _dead_letter(self.deliverer, delivery, exc, event=kwargs["event"])
         except Exception:
             # Last resort: the log line must carry what is needed to replay.
             log.exception(
                 "delivery %s failed and its dead letter could not be stored; event: %r",
-                webhook_id,
+                delivery.webhook_id,
                 kwargs["event"],
             )
 
@@ -250,27 +253,22 @@ def deliver_webhook(
     across retries and parking; producers leave them out.
     """
     queue = (self.request.delivery_info or {}).get("routing_key") or ""
+    delivery = _delivery(self.request)
     job = Job(
-        event=event,
-        webhook_id=webhook_id or self.request.id,
-        callback_url=callback_url,
-        attempt=_attempt_number(self.request),
-        retries=self.request.retries,
-        waited_s=waited_s,
-        place_ms=place_ms,
-        queue=queue,
-        worker=self.request.hostname or "",
-        routed_slow=queue == SLOW_QUEUE,
+        delivery, queue=queue, worker=self.request.hostname or "", routed_slow=queue == SLOW_QUEUE
     )
     result = self.deliverer.attempt(job)
     if isinstance(result, Parked):
         log.info(
-            "delivery %s parked for about %.1f s (%s)", job.webhook_id, result.wait_s, result.reason
+            "delivery %s parked for about %.1f s (%s)",
+            delivery.webhook_id,
+            result.wait_s,
+            result.reason,
         )
-        return {"parked": result.reason, "attempt": job.attempt}
+        return {"parked": result.reason, "attempt": delivery.attempt}
     # The attempt's JSON log line (webhooks.attempts) and Celery's "succeeded"
     # line already say so; a third line per delivery is only cost.
-    return {"status": result.status, "attempt": job.attempt}
+    return {"status": result.status, "attempt": delivery.attempt}
 
 
 @worker_process_shutdown.connect  # type: ignore[untyped-decorator]
@@ -284,35 +282,29 @@ def flush_observations(**_: Any) -> None:
         deliverer.flush()
 
 
-def _attempt_number(request: Any) -> int:
-    return _attempt_from(request.kwargs, request.retries)
-
-
-def _attempt_from(kwargs: dict[str, Any] | None, retries: int) -> int:
-    """The HTTP attempt number a delivery's kwargs carry, else retries + 1."""
-    given = (kwargs or {}).get("attempt")
-    return int(given) if given else retries + 1
+def _delivery(request: Any) -> Delivery:
+    """The delivery the running task's request describes."""
+    return Delivery.from_task(request.kwargs, retries=request.retries, task_id=request.id)
 
 
 def _dead_letter(
-    deliverer: Deliverer,
-    kwargs: dict[str, Any],
-    webhook_id: str,
-    attempts: int,
-    error: BaseException,
+    deliverer: Deliverer, delivery: Delivery, error: BaseException, *, event: Any = None
 ) -> None:
-    """Store the dead letter and say so; raises if it could not be stored."""
+    """Store the dead letter and say so; raises if it could not be stored.
+
+    ``event`` is the task's argument as given, when that may not be a dict.
+    """
     outcome = deliverer.record_failure(
-        kwargs.get("event"),
-        webhook_id=webhook_id,
-        callback_url=kwargs.get("callback_url"),
-        attempts=attempts,
+        delivery.event if event is None else event,
+        webhook_id=delivery.webhook_id,
+        callback_url=delivery.callback_url,
+        attempts=delivery.attempt,
         error=error,
     )
     log.warning(
         "delivery %s dead-lettered after %d attempt(s): %s: %s",
-        webhook_id,
-        attempts,
+        delivery.webhook_id,
+        delivery.attempt,
         outcome.error_kind,
         outcome.error,
     )

@@ -54,20 +54,13 @@ class Pump:
         room = self._lot.take(endpoint, max_batch=MAX_BATCH)
         published: list[ParkedDelivery] = []
         try:
-            for delivery in room.deliveries:
+            for parked in room.deliveries:
                 deliver_webhook.apply_async(
-                    kwargs={
-                        "event": delivery.event,
-                        "callback_url": delivery.callback_url,
-                        "webhook_id": delivery.webhook_id,
-                        "attempt": delivery.attempt,
-                        "waited_s": delivery.waited_s,
-                        "place_ms": delivery.place_ms,
-                    },
-                    retries=delivery.retries,
+                    kwargs=parked.delivery.task_kwargs(),
+                    retries=parked.delivery.retries,
                     queue=SLOW_QUEUE if router.is_slow(endpoint) else RELEASED_QUEUE,
                 )
-                published.append(delivery)
+                published.append(parked)
         finally:
             self._lot.done(endpoint, published)
         self._lot.reschedule(endpoint, wait_s=SETTLE_S if published else room.wait_s)

@@ -21,8 +21,8 @@ import redis
 
 from config.celery_app import app
 from config.settings import Settings
+from config.wiring import conversation_store
 from webhooks.conversations import ConversationStore
-from webhooks.delivery import conversation_store
 from webhooks.metrics import Metrics
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.store import connect

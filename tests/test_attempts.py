@@ -181,7 +181,7 @@ def test_the_observer_records_a_failed_attempt_with_its_status_kind_and_excerpt(
 @pytest.mark.parametrize(
     ("error", "outcome"),
     [
-        (RetryableDeliveryError("429", kind=ErrorKind.HTTP_4XX, status=429), "rate_limited"),
+        (RetryableDeliveryError("429", kind=ErrorKind.RATE_LIMITED, status=429), "rate_limited"),
         (RetryableDeliveryError("dropped", kind=ErrorKind.CONNECTION), "connection"),
         (PermanentDeliveryError("no url", kind=ErrorKind.NO_CALLBACK), "no_callback"),
         (RuntimeError("bug"), "internal"),

@@ -16,19 +16,23 @@ from dataclasses import replace
 import pytest
 import redis
 
+from config import wiring
 from config.settings import Settings
+from config.wiring import conversation_store
 from tests.conftest import make_event
 from webhooks import keys
 from webhooks.attempts import AttemptLog
-from webhooks.delivery import Delivered, Deliverer, Job, conversation_store
+from webhooks.delivery import Delivered, Deliverer, Job
 from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import ErrorKind, PermanentDeliveryError, RetryableDeliveryError
 from webhooks.events import parse_event
 from webhooks.outcomes import OutcomeStore
+from webhooks.progress import Delivery
 from webhooks.sender import SentResponse
 from webhooks.testing.redis_server import RedisServer
 
 URL = "https://127.0.0.1:9/hook"
+OK = SentResponse(status=200, duration_s=0.01, excerpt="")
 ENDPOINT = normalize_endpoint(URL)
 
 
@@ -45,38 +49,35 @@ class FakeSender:
             raise self.answer
         return self.answer
 
+    def close(self) -> None:
+        pass
+
 
 @pytest.fixture
 def settings(own_redis: RedisServer) -> Settings:
     return Settings(redis_url=own_redis.url, allow_private_networks=True, metrics_flush_s=0)
 
 
-def deliverer_with(settings: Settings, answer: SentResponse | Exception) -> Deliverer:
-    deliverer = Deliverer.from_settings(settings)
-    deliverer.sender = FakeSender(answer)  # type: ignore[assignment]
-    return deliverer
+def deliverer_with(
+    settings: Settings, answer: SentResponse | Exception
+) -> tuple[Deliverer, FakeSender]:
+    """The worker's deliverer, as wired, sending through a fake."""
+    sender = FakeSender(answer)
+    return wiring.deliverer(settings, sender=sender), sender
 
 
 def a_job(client: redis.Redis, settings: Settings) -> Job:
     cid = str(uuid.uuid4())
     conversation_store(client, settings).set(cid, {"config": {"callback_url": URL}})
     event = parse_event(make_event(cid)).model_dump(mode="json")
-    return Job(
-        event=event,
-        webhook_id=f"msg_{uuid.uuid4().hex}",
-        callback_url=None,
-        attempt=1,
-        retries=0,
-        queue="webhooks",
-        worker="test",
-    )
+    return Job(Delivery(event, f"msg_{uuid.uuid4().hex}"), queue="webhooks", worker="test")
 
 
 def test_a_delivered_attempt_leaves_its_record_its_outcome_and_no_lease(
     client: redis.Redis, settings: Settings
 ) -> None:
     # Given a receiver that answers 200
-    deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01, excerpt=""))
+    deliverer, sender = deliverer_with(settings, OK)
     job = a_job(client, settings)
 
     # When one attempt is made
@@ -85,13 +86,17 @@ def test_a_delivered_attempt_leaves_its_record_its_outcome_and_no_lease(
     # Then it was delivered, with rate-limit headers, and Redis holds the
     # outcome and the attempt record, and the slot is free again
     assert result == Delivered(status=200, duration_s=0.01)
-    (headers,) = deliverer.sender.posts  # type: ignore[attr-defined]
+    (headers,) = sender.posts
     assert headers["X-RateLimit-Remaining"] == "99"
-    outcome = OutcomeStore(client, retention_s=60).get(job.webhook_id)
+    outcome = OutcomeStore(client, retention_s=60).get(job.delivery.webhook_id)
     assert outcome is not None
     assert (outcome.state, outcome.status, outcome.attempts) == ("delivered", 200, 1)
-    (record,) = AttemptLog(client, retention_s=60).for_message(job.event["data"]["id"])
-    assert (record.webhook_id, record.outcome, record.status) == (job.webhook_id, "delivered", 200)
+    (record,) = AttemptLog(client, retention_s=60).for_message(job.delivery.event["data"]["id"])
+    assert (record.webhook_id, record.outcome, record.status) == (
+        job.delivery.webhook_id,
+        "delivered",
+        200,
+    )
     ek = keys.endpoint(ENDPOINT)
     assert client.zcard(ek.inflight) == 0
     assert client.zcard(ek.window) == 1
@@ -102,7 +107,7 @@ def test_a_failed_attempt_frees_its_slot_and_records_no_outcome(
 ) -> None:
     # Given a receiver that answers 500
     error = RetryableDeliveryError("HTTP 500", kind=ErrorKind.HTTP_5XX, status=500)
-    deliverer = deliverer_with(settings, error)
+    deliverer, _sender = deliverer_with(settings, error)
     job = a_job(client, settings)
 
     # When one attempt is made, Then the error reaches the caller (Celery retries)
@@ -111,23 +116,23 @@ def test_a_failed_attempt_frees_its_slot_and_records_no_outcome(
 
     # And the slot is free, the attempt is recorded, and no outcome exists yet
     assert client.zcard(keys.endpoint(ENDPOINT).inflight) == 0
-    (record,) = AttemptLog(client, retention_s=60).for_message(job.event["data"]["id"])
+    (record,) = AttemptLog(client, retention_s=60).for_message(job.delivery.event["data"]["id"])
     assert (record.outcome, record.status) == ("http_5xx", 500)
-    assert OutcomeStore(client, retention_s=60).get(job.webhook_id) is None
+    assert OutcomeStore(client, retention_s=60).get(job.delivery.webhook_id) is None
 
 
 def test_a_freed_slot_wakes_the_endpoints_waiting_line(
     client: redis.Redis, settings: Settings
 ) -> None:
     # Given an endpoint with a delivery waiting in line, due only in an hour
-    deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01, excerpt=""))
+    deliverer, _sender = deliverer_with(settings, OK)
     job = a_job(client, settings)
     later_ms = int((time.time() + 3600) * 1000)
     client.zadd(keys.endpoint(ENDPOINT).parked, {"someone-waiting": 1})
     client.zadd(keys.PARKED_ENDPOINTS, {ENDPOINT: later_ms})
 
     # When a delivery released from the line finishes its attempt
-    deliverer.attempt(replace(job, place_ms=1))
+    deliverer.attempt(replace(job, delivery=replace(job.delivery, place_ms=1)))
 
     # Then the pump is told to look at the line now, not in an hour
     due = client.zscore(keys.PARKED_ENDPOINTS, ENDPOINT)
@@ -139,9 +144,9 @@ def test_an_event_that_cannot_be_encoded_fails_at_once_and_takes_no_slot(
 ) -> None:
     # Given a queued event with a lone surrogate, as a producer that skipped
     # delay()'s checks could publish
-    deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01, excerpt=""))
+    deliverer, _sender = deliverer_with(settings, OK)
     job = a_job(client, settings)
-    job.event["data"]["content"] = "half an emoji \ud83d"
+    job.delivery.event["data"]["content"] = "half an emoji \ud83d"
 
     # When an attempt is made, Then it is refused as an invalid event
     with pytest.raises(PermanentDeliveryError) as caught:

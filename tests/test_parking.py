@@ -7,6 +7,7 @@ session's Redis.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import replace
@@ -18,6 +19,7 @@ from tests.conftest import make_event
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
 from webhooks.parking import ParkedDelivery, ParkingLot, Room
+from webhooks.progress import Delivery
 from webhooks.ratelimit import Granted, Limiter, Limits, RateLimit
 
 LEASE_S = 30.0
@@ -39,9 +41,9 @@ def endpoint() -> str:
     return normalize_endpoint(f"https://receiver.example/hook/{uuid.uuid4().hex}")
 
 
-def delivery(webhook_id: str | None = None, **progress: int | float) -> ParkedDelivery:
+def delivery(webhook_id: str | None = None, **progress: int | float) -> Delivery:
     fields: dict[str, int | float] = {"attempt": 1, "retries": 0, "waited_s": 0.0, **progress}
-    return ParkedDelivery(
+    return Delivery(
         event=make_event(),
         callback_url=None,
         webhook_id=webhook_id or f"msg_{uuid.uuid4().hex}",
@@ -52,9 +54,7 @@ def delivery(webhook_id: str | None = None, **progress: int | float) -> ParkedDe
     )
 
 
-def park_all(
-    lot: ParkingLot, endpoint: str, count: int, limits: Limits = ROOMY
-) -> list[ParkedDelivery]:
+def park_all(lot: ParkingLot, endpoint: str, count: int, limits: Limits = ROOMY) -> list[Delivery]:
     parked = []
     for _ in range(count):
         item = delivery()
@@ -65,7 +65,7 @@ def park_all(
 
 
 def ids(room: Room) -> list[str]:
-    return [d.webhook_id for d in room.deliveries]
+    return [p.delivery.webhook_id for p in room.deliveries]
 
 
 def index_score(client: redis.Redis, endpoint: str) -> float | None:
@@ -80,11 +80,16 @@ def now_ms() -> int:
 
 
 def test_parked_delivery_round_trips_through_json() -> None:
-    # Given a delivery with progress
-    item = delivery(attempt=4, retries=2, waited_s=12.5, place_ms=1234)
+    # Given a parked delivery with progress
+    item = ParkedDelivery(delivery(attempt=4, retries=2, waited_s=12.5, place_ms=1234), "p1")
 
-    # Then what is stored is what comes back
+    # Then what is stored is what comes back, in the flat form lines have
+    # always held (so deliveries parked before an upgrade still load)
     assert ParkedDelivery.from_json(item.to_json()) == item
+    assert set(json.loads(item.to_json())) == {
+        "event", "callback_url", "webhook_id", "attempt", "retries", "waited_s", "place_ms",
+        "parked_id",
+    }  # fmt: skip
 
 
 def test_park_queues_and_indexes_the_endpoint(
@@ -121,7 +126,7 @@ def test_park_is_idempotent_per_webhook_id(lot: ParkingLot, endpoint: str) -> No
     assert length == 2
     room = lot.take(endpoint, max_batch=10)
     assert ids(room) == [first.webhook_id, second.webhook_id]
-    assert room.deliveries[0].attempt == 2
+    assert room.deliveries[0].delivery.attempt == 2
 
 
 def test_the_line_is_in_order_of_place(lot: ParkingLot, endpoint: str) -> None:
@@ -147,11 +152,11 @@ def test_a_delivery_released_and_parked_again_keeps_its_place(
     place = client.zscore(keys.endpoint(endpoint).parked, head.webhook_id)
     (released,) = lot.take(endpoint, max_batch=1).deliveries
     lot.done(endpoint, [released])
-    assert released.webhook_id == head.webhook_id
-    assert released.place_ms == place  # taken with its place in line
+    assert released.delivery.webhook_id == head.webhook_id
+    assert released.delivery.place_ms == place  # taken with its place in line
 
     # When its task finds no room after all and parks it again, as released
-    lot.park(endpoint, released, ROOMY, wait_s=0)
+    lot.park(endpoint, released.delivery, ROOMY, wait_s=0)
 
     # Then it is at the head of the line again, not behind those that came later
     room = lot.take(endpoint, max_batch=10)
@@ -345,14 +350,17 @@ def test_done_keeps_a_delivery_parked_again_since_it_was_taken(
 
     # When its task runs before the pump is done with it, finds no room after
     # all, and parks it again; and only then the pump marks it done
-    lot.park(endpoint, taken, ROOMY, wait_s=0)
+    lot.park(endpoint, taken.delivery, ROOMY, wait_s=0)
     lot.done(endpoint, [taken])
 
     # Then it is still parked, in its place: the queue has no copy of it, so
     # removing it would lose it
     assert lot.backlog(endpoint) == 1
     (again,) = lot.take(endpoint, max_batch=1).deliveries
-    assert (again.webhook_id, again.place_ms) == (item.webhook_id, taken.place_ms)
+    assert (again.delivery.webhook_id, again.delivery.place_ms) == (
+        item.webhook_id,
+        taken.delivery.place_ms,
+    )
 
     # And once that park is taken and done, it is removed
     lot.done(endpoint, [again])
@@ -363,14 +371,14 @@ def test_every_park_is_stamped_anew(lot: ParkingLot, endpoint: str) -> None:
     # Given a delivery parked, taken, and parked again
     (item,) = park_all(lot, endpoint, 1)
     (first,) = lot.take(endpoint, max_batch=1).deliveries
-    lot.park(endpoint, first, ROOMY, wait_s=0)
+    lot.park(endpoint, first.delivery, ROOMY, wait_s=0)
     (second,) = lot.take(endpoint, max_batch=1).deliveries
 
-    # Then each park has its own id, and the rest of the delivery is unchanged
+    # Then each park has its own id, and the delivery is unchanged
     assert first.parked_id and second.parked_id
     assert first.parked_id != second.parked_id
-    assert replace(first, parked_id="") == replace(second, parked_id="")
-    assert replace(first, parked_id="", place_ms=0) == item
+    assert first.delivery == second.delivery
+    assert replace(first.delivery, place_ms=0) == item
 
 
 def test_reschedule_forgets_an_empty_line(

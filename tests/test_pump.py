@@ -29,6 +29,7 @@ from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import InvalidEvent
 from webhooks.events import parse_event
 from webhooks.parking import ParkedDelivery, ParkingLot
+from webhooks.progress import Delivery
 from webhooks.ratelimit import Granted, Limiter, Limits, RateLimit
 from webhooks.testing.redis_server import RedisServer
 
@@ -85,8 +86,8 @@ def queued(client: redis.Redis) -> list[Published]:
     return found
 
 
-def parked(endpoint: str, **progress: Any) -> ParkedDelivery:
-    return ParkedDelivery(
+def parked(endpoint: str, **progress: Any) -> Delivery:
+    return Delivery(
         event=make_event(),
         callback_url=endpoint,
         webhook_id=f"msg_{uuid.uuid4().hex}",
@@ -98,7 +99,7 @@ def parked(endpoint: str, **progress: Any) -> ParkedDelivery:
 
 def park_all(
     lot: ParkingLot, endpoint: str, count: int, limits: Limits = ROOMY, **progress: Any
-) -> list[ParkedDelivery]:
+) -> list[Delivery]:
     found = []
     for _ in range(count):
         item = parked(endpoint, **progress)
@@ -313,20 +314,7 @@ def test_a_delivery_parked_again_before_the_pump_is_done_is_kept(
     def publish_then_park_again(*args: Any, **options: Any) -> Any:
         result = publish(*args, **options)
         kwargs = options["kwargs"]
-        lot.park(
-            endpoint,
-            ParkedDelivery(
-                event=kwargs["event"],
-                callback_url=kwargs["callback_url"],
-                webhook_id=kwargs["webhook_id"],
-                attempt=kwargs["attempt"],
-                retries=options["retries"],
-                waited_s=kwargs["waited_s"],
-                place_ms=kwargs["place_ms"],
-            ),
-            ROOMY,
-            wait_s=0,
-        )
+        lot.park(endpoint, Delivery(**kwargs, retries=options["retries"]), ROOMY, wait_s=0)
         client.rpop(RELEASED_QUEUE)  # the worker consumed the message
         again.append(kwargs["webhook_id"])
         return result
@@ -341,7 +329,7 @@ def test_a_delivery_parked_again_before_the_pump_is_done_is_kept(
     assert again == [i.webhook_id for i in items]
     assert client.llen(RELEASED_QUEUE) == 0
     assert lot.backlog(endpoint) == 2
-    assert [d.webhook_id for d in lot.take(endpoint, max_batch=10).deliveries] == again
+    assert [p.delivery.webhook_id for p in lot.take(endpoint, max_batch=10).deliveries] == again
 
 
 def test_a_failed_publish_loses_nothing(
@@ -353,12 +341,7 @@ def test_a_failed_publish_loses_nothing(
         keys.endpoint(endpoint).payloads,
         broken.webhook_id,
         ParkedDelivery(
-            event={"conversation_id": "not a uuid"},
-            callback_url=endpoint,
-            webhook_id=broken.webhook_id,
-            attempt=1,
-            retries=0,
-            waited_s=0.0,
+            Delivery({"conversation_id": "not a uuid"}, broken.webhook_id, endpoint), "p1"
         ).to_json(),
     )
 

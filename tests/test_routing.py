@@ -23,6 +23,7 @@ import redis
 
 from config.celery_app import QUEUE, RELEASED_QUEUE, SLOW_QUEUE, app
 from config.settings import Settings
+from config.wiring import conversation_store
 from tasks import routing
 from tasks.delivery import deliver_webhook
 from tasks.pump import Pump
@@ -30,10 +31,10 @@ from tasks.routing import EndpointRouter
 from tests.conftest import make_event
 from webhooks import keys
 from webhooks.conversations import ConversationStore
-from webhooks.delivery import conversation_store
 from webhooks.endpoints import normalize_endpoint
 from webhooks.health import HealthPolicy, HealthStore
-from webhooks.parking import ParkedDelivery, ParkingLot
+from webhooks.parking import ParkingLot
+from webhooks.progress import Delivery
 from webhooks.ratelimit import Limits, RateLimit
 from webhooks.testing.redis_server import RedisServer, free_port
 
@@ -123,8 +124,8 @@ def registered(conversations: ConversationStore, url: str) -> str:
     return cid
 
 
-def parked(endpoint: str) -> ParkedDelivery:
-    return ParkedDelivery(
+def parked(endpoint: str) -> Delivery:
+    return Delivery(
         event=make_event(),
         callback_url=endpoint,
         webhook_id=f"msg_{uuid.uuid4().hex}",

@@ -180,8 +180,8 @@ def test_429_carries_retry_after_seconds(receiver: Receiver, sender: Sender, pat
     # When posted
     error = post_failing(sender, receiver.url(path))
 
-    # Then the wait is parsed onto the error
-    assert (error.kind, error.status, error.retry_after_s) == (ErrorKind.HTTP_4XX, 429, 7.0)
+    # Then the wait is parsed onto the error, classified as back-pressure
+    assert (error.kind, error.status, error.retry_after_s) == (ErrorKind.RATE_LIMITED, 429, 7.0)
 
 
 def test_503_carries_retry_after_date(receiver: Receiver, sender: Sender, path: str) -> None:

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from redis.client import Pipeline
 
-from config.settings import Settings
 from webhooks import backoff
-from webhooks.attempts import AttemptLog
-from webhooks.conversations import CachedConversations, ConversationReader, ConversationStore
+from webhooks.conversations import ConversationReader
 from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import (
     DeliveryError,
@@ -28,37 +26,38 @@ from webhooks.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
     kind_of,
+    redis_unavailable,
 )
 from webhooks.events import MessageEvent, event_body, parse_event
-from webhooks.health import HealthStore
-from webhooks.metrics import Metrics
 from webhooks.observer import AttemptFacts, Observer
 from webhooks.outcomes import Outcome, OutcomeStore
-from webhooks.parking import ParkedDelivery, ParkingLot
+from webhooks.parking import ParkingLot
+from webhooks.progress import Delivery
 from webhooks.ratelimit import Denied, Granted, Limiter
-from webhooks.sender import Sender
+from webhooks.sender import SentResponse
 from webhooks.signing import signature_headers
-from webhooks.store import connect
 from webhooks.targets import DeliveryPolicy, Target, resolve_target
 
-__all__ = ["USER_AGENT", "Delivered", "Deliverer", "DeliveryPolicy", "Job", "Parked"]
+__all__ = ["USER_AGENT", "Delivered", "Deliverer", "DeliveryPolicy", "Job", "Parked", "Poster"]
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"celery-webhooks/{version('celery-webhooks')}"
 
 
+class Poster(Protocol):
+    """What the deliverer sends with: :class:`webhooks.sender.Sender`, or a fake in unit tests."""
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> SentResponse: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One attempt's inputs, as the task received them."""
+    """One attempt: the delivery's progress, and where the attempt runs."""
 
-    event: dict[str, Any]
-    webhook_id: str
-    callback_url: str | None
-    attempt: int  # the HTTP attempt number, X-Webhook-Attempt
-    retries: int  # retry budget used so far
-    waited_s: float = 0.0  # time already spent waiting on 429s
-    place_ms: int = 0  # place in the endpoint's waiting line, if it was parked
+    delivery: Delivery
     queue: str = ""  # where the task came from, for the attempt log
     worker: str = ""
     routed_slow: bool = False  # it came from the slow endpoints' queue
@@ -97,7 +96,7 @@ class Deliverer:
         self,
         *,
         redis_client: redis.Redis,
-        sender: Sender,
+        sender: Poster,
         conversations: ConversationReader,
         outcomes: OutcomeStore,
         limiter: Limiter | None,
@@ -114,71 +113,48 @@ class Deliverer:
         self.policy = policy
         self.observer = observer
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Deliverer:
-        client = connect(settings.redis_url, socket_timeout_s=settings.redis_socket_timeout_s)
-        return cls(
-            redis_client=client,
-            sender=Sender(
-                connect_timeout_s=settings.connect_timeout_s,
-                read_timeout_s=settings.timeout_s,
-                allow_private=settings.allow_private_networks,
-                ca_bundle=settings.ca_bundle,
-                user_agent=USER_AGENT,
-            ),
-            conversations=CachedConversations(
-                conversation_store(client, settings), ttl_s=settings.config_cache_s
-            ),
-            outcomes=OutcomeStore(
-                client,
-                retention_s=settings.outcome_retention_s,
-                dead_letter_retention_s=settings.dead_letter_retention_s,
-            ),
-            limiter=Limiter(client, lease_s=settings.lease_s) if settings.limits_enabled else None,
-            parking=ParkingLot(client),
-            policy=DeliveryPolicy.from_settings(settings),
-            observer=Observer(
-                AttemptLog(client, retention_s=settings.log_retention_s),
-                Metrics(client),
-                HealthStore(client, settings.health_policy),
-                flush_s=settings.metrics_flush_s,
-            ),
-        )
-
     def attempt(self, job: Job) -> Delivered | Parked:
         """Make one attempt, or park the job if its endpoint has no room.
 
         Raises :class:`RetryableDeliveryError` or :class:`PermanentDeliveryError`
         when the attempt was made and failed.
         """
-        parsed, body = _parse(job.event)
+        delivery = job.delivery
+        parsed, body = _parse(delivery.event)
         try:
-            target = resolve_target(parsed, job.callback_url, self.conversations, self.policy)
+            target = resolve_target(parsed, delivery.callback_url, self.conversations, self.policy)
         except PermanentDeliveryError as exc:
-            endpoint = normalize_endpoint(job.callback_url) if job.callback_url else ""
+            url = delivery.callback_url
+            endpoint = normalize_endpoint(url) if url else ""
             self._observe(job, parsed, endpoint, Ended(time.time(), 0.0, error=exc), sent=False)
             raise
         # Everything that can fail before the request is done before the
         # endpoint's slot is taken, so a failure here holds no slot.
         headers = {
             "Content-Type": "application/json",
-            "X-Webhook-Attempt": str(job.attempt),
-            **signature_headers(target.secrets, job.webhook_id, body),
+            "X-Webhook-Attempt": str(delivery.attempt),
+            **signature_headers(target.secrets, delivery.webhook_id, body),
         }
-        grant = self._acquire(target, job)
+        grant = self._acquire(target, delivery)
         if isinstance(grant, Denied):
-            return self._park(target, job, wait_s=grant.wait_s, reason=grant.reason)
+            return self._park(target, delivery, wait_s=grant.wait_s, reason=grant.reason)
         if grant is not None:
             headers.update(grant.headers())
         started = time.time()
         try:
             response = self.sender.post(target.url, body, headers)
         except DeliveryError as exc:
-            hold_s = self._hold_for(exc, job.retries)
+            hold_s = backoff.hold_s(
+                exc.status,
+                exc.retry_after_s,
+                retries_done=delivery.retries,
+                schedule=self.policy.retry_schedule,
+                cap_s=self.policy.retry_after_cap_s,
+            )
             ended = Ended(started, time.time() - started, error=exc, hold_s=hold_s)
             self._finish(job, parsed, target, grant, ended)
             if exc.status == 429 and isinstance(exc, RetryableDeliveryError):
-                return self._back_off(target, job, exc, hold_s)
+                return self._back_off(target, delivery, exc, hold_s)
             raise
         except BaseException as exc:
             self._finish(
@@ -244,11 +220,11 @@ class Deliverer:
         if self.observer is None:
             return
         facts = AttemptFacts(
-            webhook_id=job.webhook_id,
+            webhook_id=job.delivery.webhook_id,
             conversation_id=str(event.conversation_id),
             message_id=str(event.data.id),
             endpoint=endpoint,
-            attempt=job.attempt,
+            attempt=job.delivery.attempt,
             queue=job.queue,
             worker=job.worker,
         )
@@ -276,7 +252,7 @@ class Deliverer:
             self.limiter.release_into(pipe, target.endpoint, grant.token, hold_s=ended.hold_s)
             parked_at = len(pipe) - 1
         if ended.error is None:
-            self.outcomes.delivered(self._delivered(event, job, target, ended), pipe=pipe)
+            self.outcomes.delivered(self._delivered(event, job.delivery, target, ended), pipe=pipe)
             if self.observer is not None:
                 # Summed before the attempt, so no flush shows the attempt
                 # without its delivery.
@@ -286,10 +262,15 @@ class Deliverer:
         finally:
             # Even if observing was interrupted (a soft time limit during a
             # flush), the slot goes back and the outcome is kept.
-            self._write(pipe, job, target, ended, parked_at)
+            self._write(pipe, job.delivery, target, ended, parked_at)
 
     def _write(
-        self, pipe: Pipeline, job: Job, target: Target, ended: Ended, parked_at: int | None
+        self,
+        pipe: Pipeline,
+        delivery: Delivery,
+        target: Target,
+        ended: Ended,
+        parked_at: int | None,
     ) -> None:
         try:
             results = pipe.execute(raise_on_error=False)
@@ -299,14 +280,16 @@ class Deliverer:
             # the log line is the record.
             log.exception(
                 "attempt %d of %s ended (%s) but Redis could not record it",
-                job.attempt,
-                job.webhook_id,
+                delivery.attempt,
+                delivery.webhook_id,
                 "delivered" if ended.error is None else type(ended.error).__name__,
             )
             return
         for result in results:
             if isinstance(result, Exception):
-                log.warning("could not record part of %s's attempt: %s", job.webhook_id, result)
+                log.warning(
+                    "could not record part of %s's attempt: %s", delivery.webhook_id, result
+                )
         parked = results[parked_at] if parked_at is not None else 0
         if isinstance(parked, int) and parked > 0:
             try:
@@ -321,88 +304,50 @@ class Deliverer:
             return None
         return found.config.callback_url if found else None
 
-    def _acquire(self, target: Target, job: Job) -> Granted | Denied | None:
+    def _acquire(self, target: Target, delivery: Delivery) -> Granted | Denied | None:
         if self.limiter is None:
             return None
-        try:
-            return self.limiter.acquire(target.endpoint, target.limits, from_line=job.place_ms > 0)
-        except redis.RedisError as exc:
-            raise RetryableDeliveryError(
-                f"cannot reach the rate limiter: {exc}", kind=ErrorKind.INTERNAL
-            ) from exc
-
-    def _hold_for(self, exc: DeliveryError, retries: int) -> float:
-        """How long the receiver asked every attempt to it to wait (429/503)."""
-        if exc.status not in (429, 503):
-            return 0.0
-        wait = exc.retry_after_s
-        if wait is None and exc.status == 429:
-            wait = backoff.countdown(retries, self.policy.retry_schedule)
-        return min(wait or 0.0, self.policy.retry_after_cap_s)
+        with redis_unavailable("reach the rate limiter"):
+            return self.limiter.acquire(
+                target.endpoint, target.limits, from_line=delivery.place_ms > 0
+            )
 
     def _back_off(
-        self, target: Target, job: Job, exc: RetryableDeliveryError, hold_s: float
+        self, target: Target, delivery: Delivery, exc: RetryableDeliveryError, hold_s: float
     ) -> Parked:
         """A 429 is back-pressure: wait as asked, without using the retry budget."""
-        waited = job.waited_s + hold_s
-        if waited > self.policy.max_rate_limited_wait_s:
+        max_wait_s = self.policy.max_rate_limited_wait_s
+        waited = backoff.rate_limited_wait_s(delivery.waited_s, hold_s, max_wait_s=max_wait_s)
+        if waited is None:
             raise PermanentDeliveryError(
-                f"receiver kept answering 429 for {waited:.0f} s, longer than the "
-                f"{self.policy.max_rate_limited_wait_s:.0f} s allowed",
+                f"receiver kept answering 429 for {delivery.waited_s + hold_s:.0f} s, longer "
+                f"than the {max_wait_s:.0f} s allowed",
                 kind=ErrorKind.RATE_LIMITED,
                 status=429,
                 response_excerpt=exc.response_excerpt,
             ) from exc
-        later = Job(
-            event=job.event,
-            webhook_id=job.webhook_id,
-            callback_url=job.callback_url,
-            attempt=job.attempt + 1,
-            retries=job.retries,
-            waited_s=waited,
-            place_ms=job.place_ms,
-        )
+        later = replace(delivery, attempt=delivery.attempt + 1, waited_s=waited)
         return self._park(target, later, wait_s=max(hold_s, 0.001), reason="retry_after")
 
-    def _park(self, target: Target, job: Job, *, wait_s: float, reason: str) -> Parked:
-        delivery = ParkedDelivery(
-            event=job.event,
-            callback_url=job.callback_url,
-            webhook_id=job.webhook_id,
-            attempt=job.attempt,
-            retries=job.retries,
-            waited_s=job.waited_s,
-            place_ms=job.place_ms,
-        )
-        try:
+    def _park(self, target: Target, delivery: Delivery, *, wait_s: float, reason: str) -> Parked:
+        with redis_unavailable("park the delivery"):
             self.parking.park(target.endpoint, delivery, target.limits, wait_s=wait_s)
-        except redis.RedisError as exc:
-            raise RetryableDeliveryError(
-                f"cannot park the delivery: {exc}", kind=ErrorKind.INTERNAL
-            ) from exc
         return Parked(wait_s=wait_s, reason=reason)
 
     @staticmethod
-    def _delivered(event: MessageEvent, job: Job, target: Target, ended: Ended) -> Outcome:
+    def _delivered(
+        event: MessageEvent, delivery: Delivery, target: Target, ended: Ended
+    ) -> Outcome:
         return Outcome(
-            webhook_id=job.webhook_id,
+            webhook_id=delivery.webhook_id,
             state="delivered",
             conversation_id=str(event.conversation_id),
             message_id=str(event.data.id),
             url=target.url,
-            attempts=job.attempt,
+            attempts=delivery.attempt,
             status=ended.status,
             duration_s=round(ended.duration_s, 6),
         )
-
-
-def conversation_store(client: redis.Redis, settings: Settings) -> ConversationStore:
-    return ConversationStore(
-        client,
-        allow_http=settings.allow_http,
-        allow_private=settings.allow_private_networks,
-        rotation_overlap_s=settings.secret_rotation_overlap_s,
-    )
 
 
 def _parse(event: dict[str, Any]) -> tuple[MessageEvent, bytes]:

@@ -27,9 +27,9 @@ from kombu.utils.url import maybe_sanitize_url
 
 from config.celery_app import app
 from config.settings import DEFAULT_RETRY_SCHEDULE_S, Settings
+from config.wiring import conversation_store
 from tasks import deliver_webhook
 from webhooks.conversations import ConversationStore
-from webhooks.delivery import conversation_store
 from webhooks.errors import InvalidEvent
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.store import connect

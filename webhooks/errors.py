@@ -6,13 +6,17 @@
     ├── InvalidEvent (ValueError)        the event does not match the guide's payload
     ├── InvalidConfiguration (ValueError) a conversation configuration is unusable
     │   └── PolicyRefusal                 a URL or address the security policy forbids
-    └── DeliveryError                     one attempt did not end in a 2xx
-        ├── RetryableDeliveryError        network error, timeout, any non-2xx: try again
-        └── PermanentDeliveryError        retrying cannot help (no callback, refused URL)
+    ├── DeliveryError                     one attempt did not end in a 2xx
+    │   ├── RetryableDeliveryError        network error, timeout, any non-2xx: try again
+    │   └── PermanentDeliveryError        retrying cannot help (no callback, refused URL)
+    └── SignatureMismatch                 receiver side: a request's signature does not verify
 
-The sender is the only place that turns ``requests``/``urllib3`` exceptions
-into this tree; tasks map ``RetryableDeliveryError`` to a Celery retry and
-everything else to a recorded failure.
+Each error is classified where it is born and carries its :class:`ErrorKind`:
+the sender is the only place that turns ``requests``/``urllib3`` exceptions
+into this tree, and :func:`redis_unavailable` the only one that turns a
+Redis failure during an attempt into a retry. Tasks map
+``RetryableDeliveryError`` to a Celery retry and everything else to a
+recorded failure; :func:`kind_of` names whatever ended a delivery.
 """
 
 from __future__ import annotations
@@ -25,11 +29,18 @@ __all__ = [
     "PermanentDeliveryError",
     "PolicyRefusal",
     "RetryableDeliveryError",
+    "SignatureMismatch",
     "WebhookError",
     "kind_of",
+    "redis_unavailable",
 ]
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
 
 
 class ErrorKind(StrEnum):
@@ -52,6 +63,8 @@ class ErrorKind(StrEnum):
 
     @classmethod
     def for_status(cls, status: int) -> ErrorKind:
+        if status == 429:
+            return cls.RATE_LIMITED  # back-pressure, not a client error
         if 300 <= status < 400:
             return cls.HTTP_3XX
         if 400 <= status < 500:
@@ -126,6 +139,23 @@ class PermanentDeliveryError(DeliveryError):
     """Trying again cannot succeed; the delivery is recorded as failed at once."""
 
 
+class SignatureMismatch(WebhookError):
+    """No signature in the header matches any of the receiver's secrets."""
+
+
+@contextmanager
+def redis_unavailable(what: str) -> Iterator[None]:
+    """Turn a Redis failure during an attempt into a retry: "cannot {what}".
+
+    Nothing was sent yet when these steps fail, and another attempt may
+    find Redis back.
+    """
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise RetryableDeliveryError(f"cannot {what}: {exc}", kind=ErrorKind.INTERNAL) from exc
+
+
 def kind_of(error: BaseException) -> ErrorKind:
     """Why an attempt or a delivery failed, whatever was raised.
 
@@ -134,6 +164,6 @@ def kind_of(error: BaseException) -> ErrorKind:
     """
     if isinstance(error, DeliveryError):
         return error.kind
-    if type(error).__name__ == "SoftTimeLimitExceeded":
+    if isinstance(error, SoftTimeLimitExceeded):
         return ErrorKind.TIMEOUT
     return ErrorKind.INTERNAL

@@ -111,7 +111,7 @@ class Observer:
         only: counting it as a 0 s HTTP attempt would skew latency and error
         rates.
         """
-        outcome = "delivered" if error is None else _kind(error)
+        outcome = "delivered" if error is None else str(kind_of(error))
         if isinstance(error, DeliveryError):
             status = error.status
         record = AttemptRecord(
@@ -228,10 +228,3 @@ def _unreachable(exc: redis.RedisError) -> bool:
 def _add(sums: dict[str, float], fields: Iterable[tuple[str, float]]) -> None:
     for name, increment in fields:
         sums[name] = sums.get(name, 0.0) + increment
-
-
-def _kind(error: BaseException) -> str:
-    """As the attempt log and metrics name it: a 429 is back-pressure, not a 4xx."""
-    if isinstance(error, DeliveryError) and error.status == 429:
-        return str(ErrorKind.RATE_LIMITED)
-    return str(kind_of(error))

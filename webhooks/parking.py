@@ -18,11 +18,11 @@ import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
-from typing import Any
 
 import redis
 
 from webhooks import keys
+from webhooks.progress import Delivery
 from webhooks.ratelimit import Limits, load_script
 
 __all__ = ["ParkedDelivery", "ParkingLot", "Room"]
@@ -30,23 +30,22 @@ __all__ = ["ParkedDelivery", "ParkingLot", "Room"]
 
 @dataclass(frozen=True, slots=True)
 class ParkedDelivery:
-    """Everything needed to republish the delivery exactly where it left off."""
+    """A delivery as its line holds it: republished exactly where it left off."""
 
-    event: dict[str, Any]
-    callback_url: str | None
-    webhook_id: str
-    attempt: int  # the number the next HTTP attempt will carry
-    retries: int  # retry budget used so far
-    waited_s: float  # time spent waiting on a receiver's 429s so far
-    place_ms: int = 0  # place in line, kept when parked again
-    parked_id: str = ""  # new on every park: tells a park again from the one taken
+    delivery: Delivery
+    parked_id: str  # new on every park: tells a park again from the one taken
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # Flat, as lines have always stored it: the delivery's fields and parked_id.
+        return json.dumps(
+            {**asdict(self.delivery), "parked_id": self.parked_id}, separators=(",", ":")
+        )
 
     @classmethod
     def from_json(cls, raw: str) -> ParkedDelivery:
-        return cls(**json.loads(raw))
+        fields = json.loads(raw)
+        parked_id = str(fields.pop("parked_id", ""))
+        return cls(delivery=Delivery(**fields), parked_id=parked_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +63,7 @@ class ParkingLot:
         self._unpark = load_script(client, "unpark")
         self._done = load_script(client, "done")
 
-    def park(
-        self, endpoint: str, delivery: ParkedDelivery, limits: Limits, *, wait_s: float
-    ) -> int:
+    def park(self, endpoint: str, delivery: Delivery, limits: Limits, *, wait_s: float) -> int:
         """Queue ``delivery`` for ``endpoint``; the pump looks again in ``wait_s``.
 
         Idempotent per webhook id. Returns the length of the line.
@@ -75,7 +72,7 @@ class ParkingLot:
         stored_limits = (
             f"{limits.rate.count} {limits.rate.window_s * 1000} {limits.max_concurrency}"
         )
-        stamped = replace(delivery, parked_id=uuid.uuid4().hex)
+        stamped = ParkedDelivery(delivery, parked_id=uuid.uuid4().hex)
         pipe = self._redis.pipeline(transaction=False)
         self._park(
             keys=ek.for_script(),
@@ -132,7 +129,8 @@ class ParkingLot:
                 # The place in line goes with the delivery, so that parking
                 # it again (no room after all, a 429) keeps it.
                 parked = ParkedDelivery.from_json(str(payload))
-                deliveries.append(replace(parked, place_ms=int(float(place))))
+                placed = replace(parked.delivery, place_ms=int(float(place)))
+                deliveries.append(replace(parked, delivery=placed))
             else:
                 orphans.append(str(webhook_id))
         # Ids without payload would block the line.
@@ -145,7 +143,7 @@ class ParkingLot:
         A delivery parked again since it was taken (its task ran, found no
         room, and parked it before this call) stays: it has no other copy.
         """
-        self._remove(endpoint, [(d.webhook_id, d.parked_id) for d in released])
+        self._remove(endpoint, [(p.delivery.webhook_id, p.parked_id) for p in released])
 
     def _remove(self, endpoint: str, taken: list[tuple[str, str]]) -> None:
         if not taken:

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 
-from webhooks.errors import InvalidConfiguration
+from webhooks.errors import InvalidConfiguration, SignatureMismatch
 
 __all__ = [
     "SECRET_PREFIX",
@@ -32,10 +32,6 @@ __all__ = [
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format prefix
 _KEY_BYTES = 32
 DEFAULT_TOLERANCE_S = 5 * 60
-
-
-class SignatureMismatch(Exception):
-    """No signature in the header matches any of the receiver's secrets."""
 
 
 def generate_secret() -> str:

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
-
-from config.settings import Settings
 from webhooks.conversations import Conversation, ConversationReader
 from webhooks.endpoints import normalize_endpoint
-from webhooks.errors import ErrorKind, PermanentDeliveryError, PolicyRefusal, RetryableDeliveryError
+from webhooks.errors import ErrorKind, PermanentDeliveryError, PolicyRefusal, redis_unavailable
 from webhooks.events import MessageEvent
 from webhooks.ratelimit import Limits
 from webhooks.urlpolicy import check_url
@@ -25,7 +22,8 @@ __all__ = ["DeliveryPolicy", "Target", "resolve_target"]
 
 @dataclass(frozen=True, slots=True)
 class DeliveryPolicy:
-    """The settings one delivery attempt depends on, read once per process."""
+    """The settings one delivery attempt depends on, read once per process
+    (built from ``Settings`` by ``config.wiring``)."""
 
     allow_http: bool
     allow_private: bool
@@ -34,19 +32,6 @@ class DeliveryPolicy:
     retry_schedule: tuple[float, ...]
     retry_after_cap_s: float
     max_rate_limited_wait_s: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> DeliveryPolicy:
-        secret = settings.signing_secret
-        return cls(
-            allow_http=settings.allow_http,
-            allow_private=settings.allow_private_networks,
-            default_secret=secret.get_secret_value() if secret else None,
-            default_limits=settings.default_limits,
-            retry_schedule=settings.retry_schedule,
-            retry_after_cap_s=settings.retry_after_cap_s,
-            max_rate_limited_wait_s=settings.max_rate_limited_wait_s,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +49,8 @@ def resolve_target(
     policy: DeliveryPolicy,
 ) -> Target:
     """The event's target; raise a :class:`DeliveryError` if it has none usable."""
-    try:
+    with redis_unavailable("read the conversation configuration"):
         conversation: Conversation | None = conversations.get(str(event.conversation_id))
-    except redis.RedisError as exc:
-        # Nothing was sent yet; another attempt may find Redis back.
-        raise RetryableDeliveryError(
-            f"cannot read the conversation configuration: {exc}", kind=ErrorKind.INTERNAL
-        ) from exc
     url = callback_url or (conversation.config.callback_url if conversation else None)
     if not url:
         raise PermanentDeliveryError(

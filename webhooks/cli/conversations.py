@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from config.wiring import conversation_store
 from webhooks.cli.context import EXIT_NOT_FOUND, Context, print_json
 from webhooks.conversations import Conversation
-from webhooks.delivery import conversation_store
 from webhooks.errors import InvalidConfiguration
 
 __all__ = ["add_parser", "run"]

@@ -17,6 +17,7 @@ from webhooks.cli.context import (
 )
 from webhooks.deadletters import DeadLetter, DeadLetters
 from webhooks.metrics import Metrics
+from webhooks.progress import Delivery
 from webhooks.prometheus import render, serve
 from webhooks.queues import dead_letter_count, queue_depths
 from webhooks.stats import format_table, summarize
@@ -170,12 +171,9 @@ def _republish(letter: DeadLetter) -> None:
     # Imported here: only a replay needs the Celery app and its broker.
     from tasks import deliver_webhook  # noqa: PLC0415
 
+    delivery = Delivery(letter.event, letter.webhook_id, callback_url=letter.callback_url)
     deliver_webhook.apply_async(
-        kwargs={
-            "event": letter.event,
-            "callback_url": letter.callback_url,
-            "webhook_id": letter.webhook_id,
-        },
+        kwargs=delivery.task_kwargs(),
         task_id=f"{letter.webhook_id}-replay-{int(datetime.now(UTC).timestamp())}",
     )
 

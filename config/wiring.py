@@ -1,0 +1,91 @@
+"""The composition root: settings → Redis client → stores → deliverer.
+
+The domain (``webhooks/``) receives plain parameters and never reads
+settings; this is the one module that turns :class:`Settings` into wired
+objects. The worker's task, the CLI, the bench scripts and the tests all
+build through these functions, so they run the same objects.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from config.settings import Settings
+from webhooks.attempts import AttemptLog
+from webhooks.conversations import CachedConversations, ConversationStore
+from webhooks.delivery import USER_AGENT, Deliverer, Poster
+from webhooks.health import HealthStore
+from webhooks.metrics import Metrics
+from webhooks.observer import Observer
+from webhooks.outcomes import OutcomeStore
+from webhooks.parking import ParkingLot
+from webhooks.ratelimit import Limiter
+from webhooks.sender import Sender
+from webhooks.store import connect
+from webhooks.targets import DeliveryPolicy
+
+__all__ = ["conversation_store", "deliverer", "delivery_policy", "store_client"]
+
+
+def store_client(settings: Settings) -> redis.Redis:
+    """A client of the store (``WEBHOOKS_REDIS_URL``) with the configured timeouts."""
+    return connect(settings.redis_url, socket_timeout_s=settings.redis_socket_timeout_s)
+
+
+def conversation_store(client: redis.Redis, settings: Settings) -> ConversationStore:
+    return ConversationStore(
+        client,
+        allow_http=settings.allow_http,
+        allow_private=settings.allow_private_networks,
+        rotation_overlap_s=settings.secret_rotation_overlap_s,
+    )
+
+
+def delivery_policy(settings: Settings) -> DeliveryPolicy:
+    secret = settings.signing_secret
+    return DeliveryPolicy(
+        allow_http=settings.allow_http,
+        allow_private=settings.allow_private_networks,
+        default_secret=secret.get_secret_value() if secret else None,
+        default_limits=settings.default_limits,
+        retry_schedule=settings.retry_schedule,
+        retry_after_cap_s=settings.retry_after_cap_s,
+        max_rate_limited_wait_s=settings.max_rate_limited_wait_s,
+    )
+
+
+def deliverer(settings: Settings, *, sender: Poster | None = None) -> Deliverer:
+    """A deliverer with its own Redis client and HTTP connection pool.
+
+    ``sender`` replaces the real one (unit tests); the deliverer owns and
+    closes whichever it gets.
+    """
+    client = store_client(settings)
+    return Deliverer(
+        redis_client=client,
+        sender=sender
+        or Sender(
+            connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.timeout_s,
+            allow_private=settings.allow_private_networks,
+            ca_bundle=settings.ca_bundle,
+            user_agent=USER_AGENT,
+        ),
+        conversations=CachedConversations(
+            conversation_store(client, settings), ttl_s=settings.config_cache_s
+        ),
+        outcomes=OutcomeStore(
+            client,
+            retention_s=settings.outcome_retention_s,
+            dead_letter_retention_s=settings.dead_letter_retention_s,
+        ),
+        limiter=Limiter(client, lease_s=settings.lease_s) if settings.limits_enabled else None,
+        parking=ParkingLot(client),
+        policy=delivery_policy(settings),
+        observer=Observer(
+            AttemptLog(client, retention_s=settings.log_retention_s),
+            Metrics(client),
+            HealthStore(client, settings.health_policy),
+            flush_s=settings.metrics_flush_s,
+        ),
+    )

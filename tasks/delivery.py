@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown, worker_shutdown
 from celery.worker import state as worker_state
 from celery.worker.request import Request, task_ready
@@ -212,9 +212,65 @@ class DeliveryTask(Task):  # type: ignore[misc]
         finally:
             deliverer.close()
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the delivery; a failure for good is dead-lettered before Celery acks it.
+
+        Done here, in the task body, rather than in ``on_failure``: if the
+        dead letter cannot be stored (Redis away), the body can still hand
+        the delivery back instead of letting Celery acknowledge it.
+        """
+        try:
+            return super().__call__(*args, **kwargs)
+        except (Retry, Reject, Ignore):
+            raise
+        except Exception as exc:
+            given = {"event": args[0] if args else None, **kwargs}
+            self._give_up(given, exc)
+            raise
+
+    def _give_up(self, given: dict[str, Any], exc: Exception) -> None:
+        """Keep the failed delivery as a dead letter, or hand it back to the broker."""
+        request = self.request
+        delivery = Delivery.from_task(given, retries=request.retries, task_id=request.id)
+        try:
+            _dead_letter(self.deliverer, delivery, exc, event=given["event"])
+        except Exception as unstored:
+            log.exception(
+                "delivery %s failed and its dead letter could not be stored; trying it again",
+                delivery.webhook_id,
+            )
+            raise self._hand_back(delivery) from unstored
+        request.dead_lettered = True
+
+    def _hand_back(self, delivery: Delivery) -> Ignore | Reject:
+        """What ends a delivery whose dead letter could not be stored, unacknowledged.
+
+        The same attempt again after the last countdown, if the broker takes
+        it (then the original is acknowledged); else a requeue, and if even
+        that fails, the message stays unacknowledged for the reclaim.
+        """
+        kwargs = delivery.task_kwargs()
+        try:
+            self.apply_async(
+                kwargs=kwargs,
+                task_id=self.request.id,
+                retries=delivery.retries,
+                countdown=backoff.countdown(delivery.retries, self.app.settings.retry_schedule),
+                queue=router.queue_for(kwargs),
+            )
+        except Exception:
+            log.exception(
+                "delivery %s could not be published again; requeueing it", delivery.webhook_id
+            )
+            return Reject("the dead letter could not be stored", requeue=True)
+        return Ignore()
+
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
+        if getattr(self.request, "dead_lettered", False):
+            return  # by __call__
+        # A failure outside the task body (a signal handler, the tracer).
         kwargs = {"event": args[0] if args else None, **(kwargs or {})}
         delivery = Delivery.from_task(kwargs, retries=self.request.retries, task_id=task_id)
         try:

@@ -23,9 +23,13 @@ import redis
 
 from config.celery_app import QUEUE
 from config.settings import DEFAULT_RETRY_SCHEDULE_S, Settings
+from config.wiring import conversation_store
 from tasks import deliver_webhook
 from tests.conftest import Broker, make_event, registered, unique_path, wait_until
+from webhooks import keys
+from webhooks.outcomes import OutcomeStore
 from webhooks.testing.receiver import Hang, ReceivedRequest, Receiver, Respond
+from webhooks.testing.redis_server import RedisServer
 from webhooks.testing.worker import WorkerProcess
 
 #: Kombu's Redis transport keeps each message it hands to a worker in this hash
@@ -377,3 +381,48 @@ def test_a_worker_holding_a_retry_survives_a_redis_restart(
         line for line in worker.lines if "CRITICAL" in line or "Error" in line
     )
     assert len(receiver.received(later)) == 1
+
+
+def test_a_delivery_whose_dead_letter_cannot_be_stored_is_tried_again(
+    broker: Broker,
+    workers: Callable[..., WorkerProcess],
+    receiver: Receiver,
+    producer_settings: Settings,
+) -> None:
+    # Given a worker whose store is a Redis of its own beside the broker, and
+    # a receiver that always fails, with one retry 2 s after the first attempt
+    with RedisServer() as store:
+        client = redis.Redis.from_url(store.url, decode_responses=True, socket_timeout=5)
+        worker = workers(
+            "store-down",
+            WEBHOOKS_REDIS_URL=store.url,
+            WEBHOOKS_BROKER_URL=broker.server.url,
+            WEBHOOKS_RETRY_SCHEDULE="2",
+        )
+        path = unique_path()
+        cid, _ = registered(conversation_store(client, producer_settings), receiver, path)
+        receiver.always(path, Respond(500))
+        result = deliver_webhook.delay(make_event(cid))
+        receiver.wait_for(1, path)
+
+        # When the store goes away during the countdown, so that the last
+        # attempt fails and its dead letter cannot be stored, and comes back
+        store.stop()
+        wait_until(
+            lambda: "dead letter could not be stored; trying it again" in worker.output(),
+            timeout=30,
+            what="the worker gives up on the last attempt",
+        )
+        store.start()  # same port, same AOF
+
+        # Then the delivery was not acknowledged and forgotten: it is tried
+        # again and, failing again, kept as a dead letter
+        outcome = wait_until(
+            lambda: OutcomeStore(client, retention_s=60).get(result.id),
+            timeout=30,
+            what="the dead letter's outcome",
+        )
+        assert (outcome.state, outcome.status, outcome.attempts) == ("failed", 500, 2)
+        assert client.exists(keys.dead_letter(result.id))
+        assert len(receiver.received(path)) == 2
+        client.close()

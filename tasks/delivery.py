@@ -31,7 +31,13 @@ from config.celery_app import SLOW_QUEUE, WebhooksCelery, app
 from tasks.routing import router
 from webhooks import backoff
 from webhooks.delivery import Deliverer, Job, Parked
-from webhooks.errors import DeliveryError, ErrorKind, InvalidEvent, RetryableDeliveryError
+from webhooks.errors import (
+    DeliveryError,
+    ErrorKind,
+    InvalidEvent,
+    OutcomeNotRecorded,
+    RetryableDeliveryError,
+)
 from webhooks.events import MessageEvent, event_body, parse_event
 from webhooks.progress import Delivery
 from webhooks.signing import new_webhook_id
@@ -213,18 +219,23 @@ class DeliveryTask(Task):  # type: ignore[misc]
             deliverer.close()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the delivery; a failure for good is dead-lettered before Celery acks it.
+        """Run the delivery; what ends it must be on record before Celery acks it.
 
-        Done here, in the task body, rather than in ``on_failure``: if the
-        dead letter cannot be stored (Redis away), the body can still hand
-        the delivery back instead of letting Celery acknowledge it.
+        A failure for good is dead-lettered here, in the task body, rather
+        than in ``on_failure``: if the dead letter cannot be stored (Redis
+        away), the body can still hand the delivery back instead of letting
+        Celery acknowledge it. So is a 2xx whose outcome could not be stored.
         """
+        given = {"event": args[0] if args else None, **kwargs}
         try:
             return super().__call__(*args, **kwargs)
         except (Retry, Reject, Ignore):
             raise
+        except OutcomeNotRecorded as exc:
+            request = self.request
+            delivery = Delivery.from_task(given, retries=request.retries, task_id=request.id)
+            raise self._hand_back(delivery) from exc
         except Exception as exc:
-            given = {"event": args[0] if args else None, **kwargs}
             self._give_up(given, exc)
             raise
 
@@ -243,26 +254,33 @@ class DeliveryTask(Task):  # type: ignore[misc]
         request.dead_lettered = True
 
     def _hand_back(self, delivery: Delivery) -> Ignore | Reject:
-        """What ends a delivery whose dead letter could not be stored, unacknowledged.
+        """What ends a delivery whose end could not be recorded, unacknowledged.
 
         The same attempt again after the last countdown, if the broker takes
         it (then the original is acknowledged); else a requeue, and if even
         that fails, the message stays unacknowledged for the reclaim.
         """
         kwargs = delivery.task_kwargs()
+        countdown = backoff.countdown(delivery.retries, self.app.settings.retry_schedule)
         try:
             self.apply_async(
                 kwargs=kwargs,
                 task_id=self.request.id,
                 retries=delivery.retries,
-                countdown=backoff.countdown(delivery.retries, self.app.settings.retry_schedule),
+                countdown=countdown,
                 queue=router.queue_for(kwargs),
             )
         except Exception:
             log.exception(
                 "delivery %s could not be published again; requeueing it", delivery.webhook_id
             )
-            return Reject("the dead letter could not be stored", requeue=True)
+            return Reject("its end could not be recorded", requeue=True)
+        log.warning(
+            "delivery %s attempt %d could not be recorded; made again in %.1f s",
+            delivery.webhook_id,
+            delivery.attempt,
+            countdown,
+        )
         return Ignore()
 
     def on_failure(

@@ -383,6 +383,11 @@ def test_a_worker_holding_a_retry_survives_a_redis_restart(
     assert len(receiver.received(later)) == 1
 
 
+#: One retry, 5 s after the first attempt; a delivery handed back is made
+#: again after 5 s too: time enough to start the stopped store again first.
+HAND_BACK_SCHEDULE = "5"
+
+
 def test_a_delivery_whose_dead_letter_cannot_be_stored_is_tried_again(
     broker: Broker,
     workers: Callable[..., WorkerProcess],
@@ -390,14 +395,14 @@ def test_a_delivery_whose_dead_letter_cannot_be_stored_is_tried_again(
     producer_settings: Settings,
 ) -> None:
     # Given a worker whose store is a Redis of its own beside the broker, and
-    # a receiver that always fails, with one retry 2 s after the first attempt
+    # a receiver that always fails, with one retry 5 s after the first attempt
     with RedisServer() as store:
         client = redis.Redis.from_url(store.url, decode_responses=True, socket_timeout=5)
         worker = workers(
             "store-down",
             WEBHOOKS_REDIS_URL=store.url,
             WEBHOOKS_BROKER_URL=broker.server.url,
-            WEBHOOKS_RETRY_SCHEDULE="2",
+            WEBHOOKS_RETRY_SCHEDULE=HAND_BACK_SCHEDULE,
         )
         path = unique_path()
         cid, _ = registered(conversation_store(client, producer_settings), receiver, path)
@@ -425,4 +430,50 @@ def test_a_delivery_whose_dead_letter_cannot_be_stored_is_tried_again(
         assert (outcome.state, outcome.status, outcome.attempts) == ("failed", 500, 2)
         assert client.exists(keys.dead_letter(result.id))
         assert len(receiver.received(path)) == 2
+        client.close()
+
+
+def test_a_delivery_whose_outcome_cannot_be_recorded_is_sent_again(
+    broker: Broker,
+    workers: Callable[..., WorkerProcess],
+    receiver: Receiver,
+    producer_settings: Settings,
+) -> None:
+    # Given a worker whose store is a Redis of its own beside the broker, and
+    # a receiver that answers 200 after 1 s (the read timeout is 2 s)
+    with RedisServer() as store:
+        client = redis.Redis.from_url(store.url, decode_responses=True, socket_timeout=5)
+        worker = workers(
+            "unrecorded",
+            WEBHOOKS_REDIS_URL=store.url,
+            WEBHOOKS_BROKER_URL=broker.server.url,
+            WEBHOOKS_RETRY_SCHEDULE=HAND_BACK_SCHEDULE,
+        )
+        path = unique_path()
+        cid, _ = registered(conversation_store(client, producer_settings), receiver, path)
+        receiver.always(path, Respond(200, delay_s=1))
+        result = deliver_webhook.delay(make_event(cid))
+
+        # When the store goes away while the receiver takes its time, so the
+        # 2xx cannot be recorded, and comes back
+        receiver.wait_for(1, path)
+        store.stop()
+        wait_until(
+            lambda: "could not be recorded; made again" in worker.output(),
+            timeout=30,
+            what="the worker hands the delivery back",
+        )
+        store.start()  # same port, same AOF
+
+        # Then the event is not left delivered without a record: it is sent
+        # again, under the same webhook-id and attempt number, and recorded
+        outcome = wait_until(
+            lambda: OutcomeStore(client, retention_s=60).get(result.id),
+            timeout=30,
+            what="the delivery's outcome",
+        )
+        assert (outcome.state, outcome.status, outcome.attempts) == ("delivered", 200, 1)
+        first, second = receiver.received(path)
+        assert first.headers["webhook-id"] == second.headers["webhook-id"] == result.id
+        assert first.headers["x-webhook-attempt"] == second.headers["x-webhook-attempt"] == "1"
         client.close()

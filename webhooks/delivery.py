@@ -23,6 +23,7 @@ from webhooks.errors import (
     DeliveryError,
     ErrorKind,
     InvalidEvent,
+    OutcomeNotRecorded,
     PermanentDeliveryError,
     RetryableDeliveryError,
     kind_of,
@@ -274,16 +275,19 @@ class Deliverer:
     ) -> None:
         try:
             results = pipe.execute(raise_on_error=False)
-        except redis.RedisError:
-            # The attempt happened; failing the task now would send it again
-            # (or dead-letter a delivered event). Leases expire on their own;
-            # the log line is the record.
+        except redis.RedisError as exc:
+            # Leases expire on their own. A failed attempt goes on to its
+            # retry or dead letter; a delivered one must not end unrecorded.
             log.exception(
                 "attempt %d of %s ended (%s) but Redis could not record it",
                 delivery.attempt,
                 delivery.webhook_id,
                 "delivered" if ended.error is None else type(ended.error).__name__,
             )
+            if ended.error is None:
+                raise OutcomeNotRecorded(
+                    f"{delivery.webhook_id} was delivered but Redis could not record it"
+                ) from exc
             return
         for result in results:
             if isinstance(result, Exception):

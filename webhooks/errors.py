@@ -9,6 +9,7 @@
     ├── DeliveryError                     one attempt did not end in a 2xx
     │   ├── RetryableDeliveryError        network error, timeout, any non-2xx: try again
     │   └── PermanentDeliveryError        retrying cannot help (no callback, refused URL)
+    ├── OutcomeNotRecorded                delivered, but Redis could not record it: send again
     └── SignatureMismatch                 receiver side: a request's signature does not verify
 
 Each error is classified where it is born and carries its :class:`ErrorKind`:
@@ -26,6 +27,7 @@ __all__ = [
     "ErrorKind",
     "InvalidConfiguration",
     "InvalidEvent",
+    "OutcomeNotRecorded",
     "PermanentDeliveryError",
     "PolicyRefusal",
     "RetryableDeliveryError",
@@ -137,6 +139,14 @@ class RetryableDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Trying again cannot succeed; the delivery is recorded as failed at once."""
+
+
+class OutcomeNotRecorded(WebhookError):
+    """The receiver answered 2xx, but Redis could not record the delivery.
+
+    Acknowledged as it is, the event would be delivered with no record
+    anywhere; the task sends it again instead (at least once).
+    """
 
 
 class SignatureMismatch(WebhookError):

@@ -32,9 +32,9 @@ from bench.rig import PATH, commandstats, message_event, rig
 from bench.sink import Sink
 from config.celery_app import app
 from config.settings import Settings
+from testing.receiver import TestCA
 from webhooks.delivery import Deliverer, Job, conversation_store
 from webhooks.events import parse_event
-from webhooks.testing.receiver import TestCA
 
 __all__ = ["main"]
 

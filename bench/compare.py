@@ -78,9 +78,9 @@ from bench.rig import (
 from bench.sink import Sink
 from config.celery_app import QUEUE, RELEASED_QUEUE, app
 from tasks import deliver_webhook
+from testing.receiver import TestCA
+from testing.worker import FAST_QUEUES, WorkerProcess
 from webhooks.delivery import conversation_store
-from webhooks.testing.receiver import TestCA
-from webhooks.testing.worker import FAST_QUEUES, WorkerProcess
 
 __all__ = ["main"]
 

@@ -45,9 +45,9 @@ from bench.rig import (
     write_report,
 )
 from config.celery_app import QUEUE
+from testing.receiver import TestCA
+from testing.worker import WorkerProcess
 from webhooks import keys
-from webhooks.testing.receiver import TestCA
-from webhooks.testing.worker import WorkerProcess
 
 __all__ = ["main"]
 

@@ -21,14 +21,14 @@ import redis
 
 from config.celery_app import app
 from config.settings import Settings
+from testing.receiver import Receiver, TestCA
+from testing.redis_server import RedisServer
+from testing.worker import WorkerProcess
 from webhooks.conversations import ConversationStore
 from webhooks.delivery import conversation_store
 from webhooks.metrics import Metrics
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.store import connect
-from webhooks.testing.receiver import Receiver, TestCA
-from webhooks.testing.redis_server import RedisServer
-from webhooks.testing.worker import WorkerProcess
 
 #: Short schedule for most tests; one test runs the real 4/8/10.
 FAST_SCHEDULE = "0.3,0.6,0.9"

@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 import redis
 
+from testing.redis_server import RedisServer
 from webhooks import keys
 from webhooks.attempts import MAX_PER_CONVERSATION, MAX_PER_MESSAGE, AttemptLog, AttemptRecord
 from webhooks.errors import ErrorKind, PermanentDeliveryError, RetryableDeliveryError
@@ -21,7 +22,6 @@ from webhooks.health import HealthPolicy, HealthStore
 from webhooks.metrics import Metrics
 from webhooks.observer import AttemptFacts, Observer
 from webhooks.store import connect
-from webhooks.testing.redis_server import RedisServer
 
 DB = 11
 RETENTION_S = 3600

@@ -6,7 +6,7 @@ import redis
 
 from config.celery_app import QUEUE, create_app
 from config.settings import Settings
-from webhooks.testing.redis_server import RedisServer
+from testing.redis_server import RedisServer
 
 
 def test_reliability_settings_are_applied() -> None:

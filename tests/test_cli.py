@@ -13,6 +13,9 @@ import pytest
 import redis
 
 from tasks import deliver_webhook
+from testing.receiver import Receiver
+from testing.redis_server import RedisServer
+from testing.worker import WorkerProcess
 from tests.conftest import make_event, registered, unique_path, wait_until
 from webhooks import keys
 from webhooks.cli import EXIT_INVALID, EXIT_NOT_FOUND, main
@@ -20,9 +23,6 @@ from webhooks.conversations import ConversationStore
 from webhooks.endpoints import normalize_endpoint
 from webhooks.health import HealthPolicy, HealthStore
 from webhooks.outcomes import Outcome
-from webhooks.testing.receiver import Receiver
-from webhooks.testing.redis_server import RedisServer
-from webhooks.testing.worker import WorkerProcess
 
 
 @pytest.fixture(autouse=True)

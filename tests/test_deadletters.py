@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import redis
 
+from testing.redis_server import RedisServer
 from webhooks import keys
 from webhooks.deadletters import DeadLetter, DeadLetters
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.store import connect
-from webhooks.testing.redis_server import RedisServer
 
 DB = 15
 

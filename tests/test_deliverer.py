@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from config.settings import Settings
+from testing.redis_server import RedisServer
 from tests.conftest import make_event
 from webhooks import keys
 from webhooks.attempts import AttemptLog
@@ -26,7 +27,6 @@ from webhooks.errors import ErrorKind, PermanentDeliveryError, RetryableDelivery
 from webhooks.events import parse_event
 from webhooks.outcomes import OutcomeStore
 from webhooks.sender import SentResponse
-from webhooks.testing.redis_server import RedisServer
 
 URL = "https://127.0.0.1:9/hook"
 ENDPOINT = normalize_endpoint(URL)

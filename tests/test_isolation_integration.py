@@ -21,13 +21,13 @@ import pytest
 from config.celery_app import QUEUE, SLOW_QUEUE, app
 from tasks import deliver_webhook
 from tasks.routing import router
+from testing.receiver import Hang, Receiver, Respond, TestCA
+from testing.worker import ALL_QUEUES, FAST_QUEUES, SLOW_QUEUES, WorkerProcess
 from tests.conftest import Broker, make_event, registered, unique_path, wait_until
 from webhooks import keys
 from webhooks.attempts import AttemptLog, AttemptRecord
 from webhooks.cli import main as cli
 from webhooks.endpoints import normalize_endpoint
-from webhooks.testing.receiver import Hang, Receiver, Respond, TestCA
-from webhooks.testing.worker import ALL_QUEUES, FAST_QUEUES, SLOW_QUEUES, WorkerProcess
 
 #: Limits out of the way: isolation, not rate limiting, is under test here.
 ROOMY = {"WEBHOOKS_RATE_LIMIT": "100000/minute", "WEBHOOKS_MAX_CONCURRENCY": "50"}

@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
+from testing.redis_server import RedisServer
 from webhooks import keys
 from webhooks.metrics import BUCKETS_S, MINUTE_TTL_S, Metrics, Sample, bucket_for
 from webhooks.store import connect
-from webhooks.testing.redis_server import RedisServer
 
 DB = 12
 A = "https://a.example:443/hook"

@@ -30,15 +30,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from config.celery_app import app
 from config.settings import Settings, child_environment
 from tasks import deliver_webhook
+from testing.receiver import Drop, Receiver, Respond, TestCA
+from testing.redis_server import RedisServer, free_port
+from testing.worker import WorkerProcess
 from tests.conftest import make_event, registered, unique_path, wait_until, worker_env
 from webhooks.cli import EXIT_NOT_FOUND, main
 from webhooks.conversations import ConversationStore
 from webhooks.delivery import conversation_store
 from webhooks.endpoints import normalize_endpoint
 from webhooks.outcomes import Outcome, OutcomeStore
-from webhooks.testing.receiver import Drop, Receiver, Respond, TestCA
-from webhooks.testing.redis_server import RedisServer, free_port
-from webhooks.testing.worker import WorkerProcess
 
 # --- fixtures ----------------------------------------------------------------
 

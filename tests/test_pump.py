@@ -23,6 +23,7 @@ from config.celery_app import RELEASED_QUEUE, app
 from config.settings import Settings
 from tasks.delivery import deliver_webhook
 from tasks.pump import SETTLE_S, Pump
+from testing.redis_server import RedisServer
 from tests.conftest import make_event
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
@@ -30,7 +31,6 @@ from webhooks.errors import InvalidEvent
 from webhooks.events import parse_event
 from webhooks.parking import ParkedDelivery, ParkingLot
 from webhooks.ratelimit import Granted, Limiter, Limits, RateLimit
-from webhooks.testing.redis_server import RedisServer
 
 ROOMY = Limits(rate=RateLimit(1000, 60), max_concurrency=100)
 

@@ -27,6 +27,7 @@ from tasks import routing
 from tasks.delivery import deliver_webhook
 from tasks.pump import Pump
 from tasks.routing import EndpointRouter
+from testing.redis_server import RedisServer, free_port
 from tests.conftest import make_event
 from webhooks import keys
 from webhooks.conversations import ConversationStore
@@ -35,7 +36,6 @@ from webhooks.endpoints import normalize_endpoint
 from webhooks.health import HealthPolicy, HealthStore
 from webhooks.parking import ParkedDelivery, ParkingLot
 from webhooks.ratelimit import Limits, RateLimit
-from webhooks.testing.redis_server import RedisServer, free_port
 
 #: Commands of the test's own client while it measures, not the router's.
 MEASURING = {"info", "config|resetstat"}

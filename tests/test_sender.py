@@ -18,9 +18,9 @@ import pytest
 from urllib3.response import HTTPResponse
 from urllib3.util import connection as urllib3_connection
 
+from testing.receiver import Drop, Hang, Raw, Receiver, Respond, TestCA, http_head
 from webhooks.errors import ErrorKind, RetryableDeliveryError
 from webhooks.sender import MAX_RESPONSE_BYTES, Sender, SentResponse, parse_retry_after
-from webhooks.testing.receiver import Drop, Hang, Raw, Receiver, Respond, TestCA, http_head
 
 READ_TIMEOUT_S = 0.5
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from urllib3.util import connection as urllib3_connection
 
+from testing.receiver import Receiver, TestCA
 from webhooks.errors import ErrorKind, PermanentDeliveryError, RetryableDeliveryError
 from webhooks.sender import Sender
-from webhooks.testing.receiver import Receiver, TestCA
 from webhooks.urlpolicy import check_url, resolve_public
 
 FAKE_HOST = "rebind.example"

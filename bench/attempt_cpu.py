@@ -35,6 +35,7 @@ from config.settings import Settings
 from testing.receiver import TestCA
 from webhooks.delivery import Deliverer, Job, conversation_store
 from webhooks.events import parse_event
+from webhooks.queues import QUEUE
 
 __all__ = ["main"]
 
@@ -48,7 +49,7 @@ def attempts(deliverer: Deliverer, events: list[dict[str, Any]]) -> None:
                 callback_url=None,
                 attempt=1,
                 retries=0,
-                queue="webhooks",
+                queue=QUEUE,
                 worker="bench",
             )
         )

@@ -19,12 +19,13 @@ from typing import Any
 
 import redis
 
-from config.celery_app import QUEUE, SLOW_QUEUE, WebhooksCelery, app
+from config.celery_app import WebhooksCelery, app
 from webhooks import keys
 from webhooks.conversations import Conversation, normalize_id
 from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import InvalidConfiguration
 from webhooks.health import HealthStore
+from webhooks.queues import QUEUE, SLOW_QUEUE
 from webhooks.store import connect
 
 __all__ = ["EndpointRouter", "router"]

@@ -21,6 +21,7 @@ from webhooks.errors import ErrorKind, PermanentDeliveryError, RetryableDelivery
 from webhooks.health import HealthPolicy, HealthStore
 from webhooks.metrics import Metrics
 from webhooks.observer import AttemptFacts, Observer
+from webhooks.queues import QUEUE
 from webhooks.store import connect
 
 DB = 11
@@ -53,7 +54,7 @@ def a_record(**changes: object) -> AttemptRecord:
         status=200,
         error="",
         response_excerpt="",
-        queue="webhooks",
+        queue=QUEUE,
         worker="celery@host-a",
     )
     return replace(base, **changes)  # type: ignore[arg-type]
@@ -156,7 +157,7 @@ def facts(attempt: int = 1) -> AttemptFacts:
         message_id=str(uuid.uuid4()),
         endpoint="https://receiver.example:443/hook",
         attempt=attempt,
-        queue="webhooks",
+        queue=QUEUE,
         worker="celery@host-a",
     )
 
@@ -175,7 +176,7 @@ def test_the_observer_records_a_failed_attempt_with_its_status_kind_and_excerpt(
     (record,) = log.for_message(given.message_id)
     assert (record.outcome, record.status, record.response_excerpt) == ("http_5xx", 502, "bad")
     assert record.error == "receiver answered HTTP 502"
-    assert (record.attempt, record.queue, record.worker) == (2, "webhooks", "celery@host-a")
+    assert (record.attempt, record.queue, record.worker) == (2, QUEUE, "celery@host-a")
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import ErrorKind, PermanentDeliveryError, RetryableDeliveryError
 from webhooks.events import parse_event
 from webhooks.outcomes import OutcomeStore
+from webhooks.queues import QUEUE
 from webhooks.sender import SentResponse
 
 URL = "https://127.0.0.1:9/hook"
@@ -67,7 +68,7 @@ def a_job(client: redis.Redis, settings: Settings) -> Job:
         callback_url=None,
         attempt=1,
         retries=0,
-        queue="webhooks",
+        queue=QUEUE,
         worker="test",
     )
 

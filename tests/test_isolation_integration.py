@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from config.celery_app import QUEUE, SLOW_QUEUE, app
+from config.celery_app import app
 from tasks import deliver_webhook
 from tasks.routing import router
 from testing.receiver import Hang, Receiver, Respond, TestCA
@@ -28,6 +28,7 @@ from webhooks import keys
 from webhooks.attempts import AttemptLog, AttemptRecord
 from webhooks.cli import main as cli
 from webhooks.endpoints import normalize_endpoint
+from webhooks.queues import QUEUE, SLOW_QUEUE
 
 #: Limits out of the way: isolation, not rate limiting, is under test here.
 ROOMY = {"WEBHOOKS_RATE_LIMIT": "100000/minute", "WEBHOOKS_MAX_CONCURRENCY": "50"}

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from config.celery_app import RELEASED_QUEUE, app
+from config.celery_app import app
 from config.settings import Settings
 from tasks.delivery import deliver_webhook
 from tasks.pump import SETTLE_S, Pump
@@ -30,6 +30,7 @@ from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import InvalidEvent
 from webhooks.events import parse_event
 from webhooks.parking import ParkedDelivery, ParkingLot
+from webhooks.queues import RELEASED_QUEUE
 from webhooks.ratelimit import Granted, Limiter, Limits, RateLimit
 
 ROOMY = Limits(rate=RateLimit(1000, 60), max_concurrency=100)

@@ -22,7 +22,6 @@ from typing import cast
 import pytest
 import redis
 
-from config.celery_app import QUEUE, RELEASED_QUEUE
 from config.settings import Settings
 from tasks import deliver_webhook
 from testing.receiver import Hang, ReceivedRequest, Receiver, Respond
@@ -32,6 +31,7 @@ from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
 from webhooks.outcomes import Outcome
 from webhooks.parking import ParkingLot
+from webhooks.queues import QUEUE, RELEASED_QUEUE
 
 #: Kombu's Redis transport keeps each message handed to a worker here until acked.
 UNACKED_KEY = "unacked"

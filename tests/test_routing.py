@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import redis
 
-from config.celery_app import QUEUE, RELEASED_QUEUE, SLOW_QUEUE, app
+from config.celery_app import app
 from config.settings import Settings
 from tasks import routing
 from tasks.delivery import deliver_webhook
@@ -35,6 +35,7 @@ from webhooks.delivery import conversation_store
 from webhooks.endpoints import normalize_endpoint
 from webhooks.health import HealthPolicy, HealthStore
 from webhooks.parking import ParkedDelivery, ParkingLot
+from webhooks.queues import QUEUE, RELEASED_QUEUE, SLOW_QUEUE
 from webhooks.ratelimit import Limits, RateLimit
 
 #: Commands of the test's own client while it measures, not the router's.

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from tests.conftest import make_event
+from tests.support import release_slot
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
 from webhooks.parking import ParkedDelivery, ParkingLot, Room
@@ -222,14 +223,14 @@ def test_take_is_bounded_by_free_slots(lot: ParkingLot, limiter: Limiter, endpoi
 
 
 def test_take_is_bounded_by_the_windows_budget(
-    lot: ParkingLot, limiter: Limiter, endpoint: str
+    lot: ParkingLot, limiter: Limiter, endpoint: str, client: redis.Redis
 ) -> None:
     # Given 4 per minute, 3 used (slots released), and 5 deliveries parked
     limits = Limits(rate=RateLimit(4, 60), max_concurrency=10)
     for _ in range(3):
         grant = limiter.acquire(endpoint, limits)
         assert isinstance(grant, Granted)
-        limiter.release(endpoint, grant.token)
+        release_slot(limiter, client, endpoint, grant.token)
     parked = park_all(lot, endpoint, 5, limits)
 
     # When the pump takes
@@ -267,14 +268,14 @@ def test_take_says_how_long_to_wait_when_the_slots_are_full(
 
 
 def test_take_says_how_long_to_wait_when_the_window_is_full(
-    lot: ParkingLot, limiter: Limiter, endpoint: str
+    lot: ParkingLot, limiter: Limiter, endpoint: str, client: redis.Redis
 ) -> None:
     # Given 2 per second, both used, and a delivery parked
     limits = Limits(rate=RateLimit(2, 1), max_concurrency=10)
     for _ in range(2):
         grant = limiter.acquire(endpoint, limits)
         assert isinstance(grant, Granted)
-        limiter.release(endpoint, grant.token)
+        release_slot(limiter, client, endpoint, grant.token)
     (parked,) = park_all(lot, endpoint, 1, limits)
 
     # When the pump takes
@@ -288,11 +289,13 @@ def test_take_says_how_long_to_wait_when_the_window_is_full(
     assert ids(lot.take(endpoint, max_batch=50)) == [parked.webhook_id]
 
 
-def test_take_waits_out_a_hold(lot: ParkingLot, limiter: Limiter, endpoint: str) -> None:
+def test_take_waits_out_a_hold(
+    lot: ParkingLot, limiter: Limiter, endpoint: str, client: redis.Redis
+) -> None:
     # Given an endpoint held for 2 s (a Retry-After), and a delivery parked
     grant = limiter.acquire(endpoint, ROOMY)
     assert isinstance(grant, Granted)
-    limiter.release(endpoint, grant.token, hold_s=2)
+    release_slot(limiter, client, endpoint, grant.token, hold_s=2)
     park_all(lot, endpoint, 1)
 
     # When the pump takes

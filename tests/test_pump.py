@@ -25,6 +25,7 @@ from tasks.delivery import deliver_webhook
 from tasks.pump import SETTLE_S, Pump
 from testing.redis_server import RedisServer
 from tests.conftest import make_event
+from tests.support import release_slot
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import InvalidEvent
@@ -225,7 +226,7 @@ def test_an_endpoint_with_a_full_window_waits_for_it(
     for _ in range(2):
         grant = limiter.acquire(endpoint, limits)
         assert isinstance(grant, Granted)
-        limiter.release(endpoint, grant.token)
+        release_slot(limiter, client, endpoint, grant.token)
     (item,) = park_all(lot, endpoint, 1, limits)
     pump = Pump(lot, owner="pump-a")
 

@@ -77,7 +77,7 @@ def test_a_delivered_attempt_leaves_its_record_its_outcome_and_no_lease(
     client: redis.Redis, settings: Settings
 ) -> None:
     # Given a receiver that answers 200
-    deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01, excerpt=""))
+    deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01))
     job = a_job(client, settings)
 
     # When one attempt is made
@@ -121,7 +121,7 @@ def test_a_freed_slot_wakes_the_endpoints_waiting_line(
     client: redis.Redis, settings: Settings
 ) -> None:
     # Given an endpoint with a delivery waiting in line, due only in an hour
-    deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01, excerpt=""))
+    deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01))
     job = a_job(client, settings)
     later_ms = int((time.time() + 3600) * 1000)
     client.zadd(keys.endpoint(ENDPOINT).parked, {"someone-waiting": 1})
@@ -140,7 +140,7 @@ def test_an_event_that_cannot_be_encoded_fails_at_once_and_takes_no_slot(
 ) -> None:
     # Given a queued event with a lone surrogate, as a producer that skipped
     # delay()'s checks could publish
-    deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01, excerpt=""))
+    deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01))
     job = a_job(client, settings)
     job.event["data"]["content"] = "half an emoji \ud83d"
 

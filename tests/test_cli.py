@@ -16,7 +16,7 @@ from tasks import deliver_webhook
 from testing.receiver import Receiver
 from testing.redis_server import RedisServer
 from testing.worker import WorkerProcess
-from tests.conftest import make_event, registered, unique_path, wait_until
+from tests.support import make_event, registered, unique_path, wait_until
 from webhooks import keys
 from webhooks.cli import EXIT_INVALID, EXIT_NOT_FOUND, main
 from webhooks.conversations import ConversationStore

@@ -15,7 +15,7 @@ import pytest
 from tasks import deliver_webhook
 from testing.receiver import Hang, Raw, Receiver, http_head
 from testing.worker import WorkerProcess
-from tests.conftest import Broker, make_event, registered
+from tests.support import Broker, make_event, registered
 from webhooks.attempts import AttemptLog, AttemptRecord
 
 #: connect 0.5 s + read 1 s: each attempt's deadline.

@@ -18,7 +18,7 @@ import redis
 
 from config.settings import Settings
 from testing.redis_server import RedisServer
-from tests.conftest import make_event
+from tests.support import make_event
 from webhooks import keys
 from webhooks.attempts import AttemptLog
 from webhooks.delivery import Delivered, Deliverer, Job, conversation_store

@@ -23,7 +23,7 @@ from tasks import deliver_webhook
 from tasks.routing import router
 from testing.receiver import Hang, Receiver, Respond, TestCA
 from testing.worker import ALL_QUEUES, FAST_QUEUES, SLOW_QUEUES, WorkerProcess
-from tests.conftest import Broker, make_event, registered, unique_path, wait_until
+from tests.support import Broker, make_event, registered, unique_path, wait_until
 from webhooks import keys
 from webhooks.attempts import AttemptLog, AttemptRecord
 from webhooks.cli import main as cli

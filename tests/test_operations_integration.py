@@ -33,7 +33,7 @@ from tasks import deliver_webhook
 from testing.receiver import Drop, Receiver, Respond, TestCA
 from testing.redis_server import RedisServer, free_port
 from testing.worker import WorkerProcess
-from tests.conftest import make_event, registered, unique_path, wait_until, worker_env
+from tests.support import make_event, registered, unique_path, wait_until, worker_env
 from webhooks.cli import EXIT_NOT_FOUND, main
 from webhooks.conversations import ConversationStore
 from webhooks.delivery import conversation_store

@@ -14,8 +14,7 @@ from dataclasses import replace
 import pytest
 import redis
 
-from tests.conftest import make_event
-from tests.support import release_slot
+from tests.support import make_event, release_slot
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
 from webhooks.parking import ParkedDelivery, ParkingLot, Room

@@ -24,8 +24,7 @@ from config.settings import Settings
 from tasks.delivery import deliver_webhook
 from tasks.pump import SETTLE_S, Pump
 from testing.redis_server import RedisServer
-from tests.conftest import make_event
-from tests.support import release_slot
+from tests.support import make_event, release_slot
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import InvalidEvent

@@ -26,7 +26,7 @@ from config.settings import Settings
 from tasks import deliver_webhook
 from testing.receiver import Hang, ReceivedRequest, Receiver, Respond
 from testing.worker import WorkerProcess
-from tests.conftest import Broker, make_event, registered, unique_path, wait_until, worker_env
+from tests.support import Broker, make_event, registered, unique_path, wait_until, worker_env
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
 from webhooks.outcomes import Outcome

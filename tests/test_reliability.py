@@ -25,7 +25,7 @@ from config.settings import DEFAULT_RETRY_SCHEDULE_S, Settings
 from tasks import deliver_webhook
 from testing.receiver import Hang, ReceivedRequest, Receiver, Respond
 from testing.worker import WorkerProcess
-from tests.conftest import Broker, make_event, registered, unique_path, wait_until
+from tests.support import Broker, make_event, registered, unique_path, wait_until
 from webhooks.queues import QUEUE
 
 #: Kombu's Redis transport keeps each message it hands to a worker in this hash

@@ -28,7 +28,7 @@ from tasks.delivery import deliver_webhook
 from tasks.pump import Pump
 from tasks.routing import EndpointRouter
 from testing.redis_server import RedisServer, free_port
-from tests.conftest import make_event
+from tests.support import make_event
 from webhooks import keys
 from webhooks.conversations import ConversationStore
 from webhooks.delivery import conversation_store

@@ -13,7 +13,7 @@ from standardwebhooks.webhooks import Webhook
 from tasks import deliver_webhook
 from testing.receiver import Drop, Hang, Receiver, Respond
 from testing.worker import WorkerProcess
-from tests.conftest import make_event, registered, unique_path
+from tests.support import make_event, registered, unique_path
 from webhooks.conversations import ConversationStore
 from webhooks.errors import InvalidEvent, PolicyRefusal
 from webhooks.outcomes import Outcome, OutcomeStore

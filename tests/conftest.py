@@ -127,8 +127,8 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def client(own_redis: RedisServer) -> Iterator[redis.Redis]:
-    """A client of ``own_redis``, emptied for each test (modules may override it)."""
+def own_client(own_redis: RedisServer) -> Iterator[redis.Redis]:
+    """A client of ``own_redis``, emptied for each test."""
     connection = redis.Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=5)
     connection.flushall()
     yield connection

@@ -74,11 +74,11 @@ def a_job(client: redis.Redis, settings: Settings) -> Job:
 
 
 def test_a_delivered_attempt_leaves_its_record_its_outcome_and_no_lease(
-    client: redis.Redis, settings: Settings
+    own_client: redis.Redis, settings: Settings
 ) -> None:
     # Given a receiver that answers 200
     deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01))
-    job = a_job(client, settings)
+    job = a_job(own_client, settings)
 
     # When one attempt is made
     result = deliverer.attempt(job)
@@ -88,60 +88,60 @@ def test_a_delivered_attempt_leaves_its_record_its_outcome_and_no_lease(
     assert result == Delivered(status=200, duration_s=0.01)
     (headers,) = deliverer.sender.posts  # type: ignore[attr-defined]
     assert headers["X-RateLimit-Remaining"] == "99"
-    outcome = OutcomeStore(client, retention_s=60).get(job.webhook_id)
+    outcome = OutcomeStore(own_client, retention_s=60).get(job.webhook_id)
     assert outcome is not None
     assert (outcome.state, outcome.status, outcome.attempts) == ("delivered", 200, 1)
-    (record,) = AttemptLog(client, retention_s=60).for_message(job.event["data"]["id"])
+    (record,) = AttemptLog(own_client, retention_s=60).for_message(job.event["data"]["id"])
     assert (record.webhook_id, record.outcome, record.status) == (job.webhook_id, "delivered", 200)
     ek = keys.endpoint(ENDPOINT)
-    assert client.zcard(ek.inflight) == 0
-    assert client.zcard(ek.window) == 1
+    assert own_client.zcard(ek.inflight) == 0
+    assert own_client.zcard(ek.window) == 1
 
 
 def test_a_failed_attempt_frees_its_slot_and_records_no_outcome(
-    client: redis.Redis, settings: Settings
+    own_client: redis.Redis, settings: Settings
 ) -> None:
     # Given a receiver that answers 500
     error = RetryableDeliveryError("HTTP 500", kind=ErrorKind.HTTP_5XX, status=500)
     deliverer = deliverer_with(settings, error)
-    job = a_job(client, settings)
+    job = a_job(own_client, settings)
 
     # When one attempt is made, Then the error reaches the caller (Celery retries)
     with pytest.raises(RetryableDeliveryError):
         deliverer.attempt(job)
 
     # And the slot is free, the attempt is recorded, and no outcome exists yet
-    assert client.zcard(keys.endpoint(ENDPOINT).inflight) == 0
-    (record,) = AttemptLog(client, retention_s=60).for_message(job.event["data"]["id"])
+    assert own_client.zcard(keys.endpoint(ENDPOINT).inflight) == 0
+    (record,) = AttemptLog(own_client, retention_s=60).for_message(job.event["data"]["id"])
     assert (record.outcome, record.status) == ("http_5xx", 500)
-    assert OutcomeStore(client, retention_s=60).get(job.webhook_id) is None
+    assert OutcomeStore(own_client, retention_s=60).get(job.webhook_id) is None
 
 
 def test_a_freed_slot_wakes_the_endpoints_waiting_line(
-    client: redis.Redis, settings: Settings
+    own_client: redis.Redis, settings: Settings
 ) -> None:
     # Given an endpoint with a delivery waiting in line, due only in an hour
     deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01))
-    job = a_job(client, settings)
+    job = a_job(own_client, settings)
     later_ms = int((time.time() + 3600) * 1000)
-    client.zadd(keys.endpoint(ENDPOINT).parked, {"someone-waiting": 1})
-    client.zadd(keys.PARKED_ENDPOINTS, {ENDPOINT: later_ms})
+    own_client.zadd(keys.endpoint(ENDPOINT).parked, {"someone-waiting": 1})
+    own_client.zadd(keys.PARKED_ENDPOINTS, {ENDPOINT: later_ms})
 
     # When a delivery released from the line finishes its attempt
     deliverer.attempt(replace(job, place_ms=1))
 
     # Then the pump is told to look at the line now, not in an hour
-    due = client.zscore(keys.PARKED_ENDPOINTS, ENDPOINT)
+    due = own_client.zscore(keys.PARKED_ENDPOINTS, ENDPOINT)
     assert due is not None and due <= time.time() * 1000
 
 
 def test_an_event_that_cannot_be_encoded_fails_at_once_and_takes_no_slot(
-    client: redis.Redis, settings: Settings
+    own_client: redis.Redis, settings: Settings
 ) -> None:
     # Given a queued event with a lone surrogate, as a producer that skipped
     # delay()'s checks could publish
     deliverer = deliverer_with(settings, SentResponse(status=200, duration_s=0.01))
-    job = a_job(client, settings)
+    job = a_job(own_client, settings)
     job.event["data"]["content"] = "half an emoji \ud83d"
 
     # When an attempt is made, Then it is refused as an invalid event
@@ -153,4 +153,4 @@ def test_an_event_that_cannot_be_encoded_fails_at_once_and_takes_no_slot(
     # And nothing was sent, and the endpoint's slot and window were never touched
     assert deliverer.sender.posts == []  # type: ignore[attr-defined]
     ek = keys.endpoint(ENDPOINT)
-    assert (client.zcard(ek.inflight), client.zcard(ek.window)) == (0, 0)
+    assert (own_client.zcard(ek.inflight), own_client.zcard(ek.window)) == (0, 0)

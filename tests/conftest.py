@@ -25,6 +25,7 @@ from webhooks.conversations import ConversationStore
 from webhooks.delivery import conversation_store
 from webhooks.metrics import Metrics
 from webhooks.outcomes import Outcome, OutcomeStore
+from webhooks.sender import Sender
 from webhooks.store import connect
 
 #: A logical database of the session's Redis for the metrics fixture.
@@ -89,6 +90,30 @@ def start_worker(
 def receiver(test_ca: TestCA) -> Iterator[Receiver]:
     with Receiver(test_ca.server_context()) as server:
         yield server
+
+
+@pytest.fixture
+def make_sender(test_ca: TestCA) -> Iterator[Callable[..., Sender]]:
+    """Build senders that trust the test CA (2 s timeouts unless told); each is
+    closed after the test."""
+    made: list[Sender] = []
+
+    def make(
+        *, allow_private: bool = True, connect_timeout_s: float = 2, read_timeout_s: float = 2
+    ) -> Sender:
+        sender = Sender(
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            allow_private=allow_private,
+            ca_bundle=test_ca.pem_path,
+            user_agent="t",
+        )
+        made.append(sender)
+        return sender
+
+    yield make
+    for sender in made:
+        sender.close()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -38,16 +38,8 @@ def receiver(test_ca: TestCA) -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def sender(test_ca: TestCA) -> Iterator[Sender]:
-    sender = Sender(
-        connect_timeout_s=2,
-        read_timeout_s=READ_TIMEOUT_S,
-        allow_private=True,
-        ca_bundle=test_ca.pem_path,
-        user_agent="t",
-    )
-    yield sender
-    sender.close()
+def sender(make_sender: Callable[..., Sender]) -> Sender:
+    return make_sender(read_timeout_s=READ_TIMEOUT_S)
 
 
 @pytest.fixture
@@ -355,16 +347,8 @@ SLACK_S = 1.0
 
 
 @pytest.fixture
-def quick(test_ca: TestCA) -> Iterator[Sender]:
-    sender = Sender(
-        connect_timeout_s=0.5,
-        read_timeout_s=0.5,
-        allow_private=True,
-        ca_bundle=test_ca.pem_path,
-        user_agent="t",
-    )
-    yield sender
-    sender.close()
+def quick(make_sender: Callable[..., Sender]) -> Sender:
+    return make_sender(connect_timeout_s=0.5, read_timeout_s=0.5)
 
 
 def timed_post(sender: Sender, url: str) -> tuple[SentResponse | RetryableDeliveryError, float]:

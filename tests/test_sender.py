@@ -514,13 +514,17 @@ def test_a_500_whose_body_is_cut_is_a_5xx_with_what_came(
     assert "body read failed" in str(error)
 
 
+def gzip_bomb(status: int) -> Raw:
+    """An answer with ``status`` and a gzip body: 50 MB of zeros in about 50 KB."""
+    bomb = gzip.compress(b"\0" * 50_000_000)
+    return Raw(http_head(status, {"Content-Encoding": "gzip"}, content_length=len(bomb)) + bomb)
+
+
 def test_compressed_answers_are_not_asked_for_nor_decoded(
     receiver: Receiver, quick: Sender, path: str
 ) -> None:
-    # Given a receiver that answers gzip anyway: 50 MB of zeros in about 50 KB
-    bomb = gzip.compress(b"\0" * 50_000_000)
-    head = http_head(202, {"Content-Encoding": "gzip"}, content_length=len(bomb))
-    receiver.script(path, [Raw(head + bomb)])
+    # Given a receiver that answers gzip anyway
+    receiver.script(path, [gzip_bomb(202)])
 
     # When posted
     response, _ = timed_post(quick, receiver.url(path))
@@ -535,10 +539,8 @@ def test_compressed_answers_are_not_asked_for_nor_decoded(
 def test_a_compressed_error_answer_is_shown_undecoded(
     receiver: Receiver, quick: Sender, path: str
 ) -> None:
-    # Given a receiver that fails with a gzip body anyway: 50 MB of zeros in about 50 KB
-    bomb = gzip.compress(b"\0" * 50_000_000)
-    head = http_head(503, {"Content-Encoding": "gzip"}, content_length=len(bomb))
-    receiver.script(path, [Raw(head + bomb)])
+    # Given a receiver that fails with a gzip body anyway
+    receiver.script(path, [gzip_bomb(503)])
 
     # When posted
     error = post_failing(quick, receiver.url(path))

@@ -18,7 +18,7 @@ venv: $(STAMP)
 
 ## make demo: embedded Redis, a worker, a local HTTPS receiver, sample events.
 demo: $(STAMP)
-	$(BIN)/python -m webhooks.demo
+	$(BIN)/python -m demo
 
 ## make test: lint, type-check, then the whole test suite against real parts.
 test: lint mypy pytest

@@ -34,10 +34,11 @@ from config import wiring
 from config.celery_app import app
 from config.settings import Settings
 from config.wiring import conversation_store
+from testing.receiver import TestCA
 from webhooks.delivery import Deliverer, Job
 from webhooks.events import parse_event
 from webhooks.progress import Delivery
-from webhooks.testing.receiver import TestCA
+from webhooks.queues import QUEUE
 
 __all__ = ["main"]
 
@@ -45,7 +46,7 @@ __all__ = ["main"]
 def attempts(deliverer: Deliverer, events: list[dict[str, Any]]) -> None:
     for event in events:
         deliverer.attempt(
-            Job(Delivery(event, f"msg_{uuid.uuid4().hex}"), queue="webhooks", worker="bench")
+            Job(Delivery(event, f"msg_{uuid.uuid4().hex}"), queue=QUEUE, worker="bench")
         )
 
 

@@ -71,9 +71,7 @@ from config.settings import Settings
 from config.wiring import conversation_store
 from tasks import deliver_webhook
 from tasks.routing import router
-from webhooks import keys
-from webhooks.endpoints import normalize_endpoint
-from webhooks.testing.receiver import (
+from testing.receiver import (
     Behaviour,
     Drop,
     Hang,
@@ -83,8 +81,10 @@ from webhooks.testing.receiver import (
     TestCA,
     http_head,
 )
-from webhooks.testing.redis_server import RedisServer
-from webhooks.testing.worker import ALL_QUEUES, FAST_QUEUES, SLOW_QUEUES, WorkerProcess
+from testing.redis_server import RedisServer
+from testing.worker import ALL_QUEUES, FAST_QUEUES, SLOW_QUEUES, WorkerProcess
+from webhooks import keys
+from webhooks.endpoints import normalize_endpoint
 
 __all__ = ["main"]
 

@@ -76,11 +76,12 @@ from bench.rig import (
     write_report,
 )
 from bench.sink import Sink
-from config.celery_app import QUEUE, RELEASED_QUEUE, app
+from config.celery_app import app
 from config.wiring import conversation_store
 from tasks import deliver_webhook
-from webhooks.testing.receiver import TestCA
-from webhooks.testing.worker import FAST_QUEUES, WorkerProcess
+from testing.receiver import TestCA
+from testing.worker import FAST_QUEUES, WorkerProcess
+from webhooks.queues import QUEUE, RELEASED_QUEUE
 
 __all__ = ["main"]
 

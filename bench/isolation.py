@@ -55,10 +55,10 @@ from config.celery_app import app
 from config.wiring import conversation_store
 from tasks import deliver_webhook
 from tasks.routing import router
+from testing.receiver import Hang, TestCA
+from testing.worker import ALL_QUEUES, FAST_QUEUES, SLOW_QUEUES, WorkerProcess
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
-from webhooks.testing.receiver import Hang, TestCA
-from webhooks.testing.worker import ALL_QUEUES, FAST_QUEUES, SLOW_QUEUES, WorkerProcess
 
 __all__ = ["main"]
 

@@ -44,10 +44,10 @@ from bench.rig import (
     wait_until,
     write_report,
 )
-from config.celery_app import QUEUE
+from testing.receiver import TestCA
+from testing.worker import WorkerProcess
 from webhooks import keys
-from webhooks.testing.receiver import TestCA
-from webhooks.testing.worker import WorkerProcess
+from webhooks.queues import QUEUE
 
 __all__ = ["main"]
 

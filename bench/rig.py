@@ -25,9 +25,9 @@ from config.celery_app import app
 from config.settings import Settings
 from config.wiring import conversation_store
 from tasks import deliver_webhook
+from testing.receiver import Receiver, TestCA
+from testing.redis_server import RedisServer
 from webhooks.endpoints import normalize_endpoint
-from webhooks.testing.receiver import Receiver, TestCA
-from webhooks.testing.redis_server import RedisServer
 
 __all__ = [
     "PATH",

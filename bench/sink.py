@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from webhooks.testing.receiver import TestCA
+from testing.receiver import TestCA
 
 __all__ = ["Sink", "main"]
 

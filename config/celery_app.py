@@ -26,17 +26,9 @@ from celery import Celery
 from kombu import pools
 
 from config.settings import Settings
+from webhooks.queues import QUEUE, RELEASED_QUEUE, SLOW_QUEUE  # re-exported for tasks/
 
 __all__ = ["QUEUE", "RELEASED_QUEUE", "SLOW_QUEUE", "WebhooksCelery", "app", "create_app"]
-
-QUEUE = "webhooks"
-#: Deliveries the pump releases from an endpoint's waiting line. Workers
-#: consume it beside QUEUE (kombu alternates between a worker's queues), so a
-#: released delivery does not wait again behind the whole QUEUE backlog.
-RELEASED_QUEUE = "webhooks.released"
-#: Deliveries to endpoints judged slow or failing (tasks/routing.py), served
-#: by workers sized for waiting so they never hold the fast workers' slots.
-SLOW_QUEUE = "webhooks.slow"
 
 
 class WebhooksCelery(Celery):  # type: ignore[misc]

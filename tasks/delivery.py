@@ -27,7 +27,7 @@ from celery.worker import state as worker_state
 from celery.worker.request import Request, task_ready
 
 from config import wiring
-from config.celery_app import SLOW_QUEUE, WebhooksCelery, app
+from config.celery_app import WebhooksCelery, app
 from tasks.routing import router
 from webhooks import backoff
 from webhooks.delivery import Deliverer, Job, Parked
@@ -40,6 +40,7 @@ from webhooks.errors import (
 )
 from webhooks.events import MessageEvent, event_body, parse_event
 from webhooks.progress import Delivery
+from webhooks.queues import SLOW_QUEUE
 from webhooks.signing import new_webhook_id
 from webhooks.urlpolicy import check_url
 

@@ -15,10 +15,11 @@ from typing import Any
 
 from celery import bootsteps
 
-from config.celery_app import RELEASED_QUEUE, SLOW_QUEUE, app
+from config.celery_app import app
 from tasks.delivery import deliver_webhook
 from tasks.routing import router
 from webhooks.parking import ParkedDelivery, ParkingLot
+from webhooks.queues import RELEASED_QUEUE, SLOW_QUEUE
 from webhooks.store import connect
 
 __all__ = ["ParkedDeliveryPump", "Pump"]

@@ -7,7 +7,8 @@ endpoints never queue behind it.
 
 The router runs on every publish, so it reads Redis only to refresh its
 caches: the set of slow endpoints every ``WEBHOOKS_ROUTE_CACHE_S`` seconds,
-and a conversation's callback URL once per minute per conversation.
+and a conversation (found or not) once per minute per conversation, through
+the same :class:`~webhooks.conversations.CachedConversations` the workers use.
 Retries and releases from a waiting line are routed again, at that moment.
 """
 
@@ -19,12 +20,13 @@ from typing import Any
 
 import redis
 
-from config.celery_app import QUEUE, SLOW_QUEUE, WebhooksCelery, app
-from webhooks import keys
-from webhooks.conversations import Conversation, normalize_id
+from config.celery_app import WebhooksCelery, app
+from config.wiring import conversation_store
+from webhooks.conversations import CachedConversations, normalize_id
 from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import InvalidConfiguration
 from webhooks.health import HealthStore
+from webhooks.queues import QUEUE, SLOW_QUEUE
 from webhooks.store import connect
 
 __all__ = ["EndpointRouter", "router"]
@@ -42,7 +44,7 @@ class EndpointRouter:
         self._client_url = ""
         self._slow: set[str] = set()
         self._slow_read_at = float("-inf")
-        self._callbacks: dict[str, tuple[float, str | None]] = {}
+        self._conversations: CachedConversations | None = None
         self._lookup_failed_at = float("-inf")
 
     def __call__(
@@ -88,25 +90,26 @@ class EndpointRouter:
     def _configured_url(self, conversation_id: str) -> str | None:
         cid = normalize_id(conversation_id)
         now = time.monotonic()
-        with self._lock:
-            cached = self._callbacks.get(cid)
-            if cached and now - cached[0] < _CONVERSATION_TTL_S:
-                return cached[1]
-            if len(self._callbacks) > 10_000:
-                self._callbacks.clear()  # bounded: a producer may see many conversations
         if now - self._lookup_failed_at < self._app.settings.route_cache_s:
             return None  # the store just failed: route by default rather than wait on it
         try:
-            raw = self._redis().get(keys.conversation(cid))
+            conversation = self._conversation_cache().get(cid)
         except redis.RedisError:
             self._lookup_failed_at = now
             raise
-        url = None
-        if raw is not None:
-            url = Conversation.model_validate_json(raw).config.callback_url
+        return None if conversation is None else conversation.config.callback_url
+
+    def _conversation_cache(self) -> CachedConversations:
+        client = self._redis()
         with self._lock:
-            self._callbacks[cid] = (now, url)
-        return url
+            if self._conversations is None:
+                store = conversation_store(client, self._app.settings)
+                # Unknown conversations are remembered too: a producer may
+                # publish for many, and a publish never waits on a read twice.
+                self._conversations = CachedConversations(
+                    store, ttl_s=_CONVERSATION_TTL_S, remember_missing=True, clock=_monotonic
+                )
+            return self._conversations
 
     def _redis(self) -> redis.Redis:
         settings = self._app.settings
@@ -116,8 +119,13 @@ class EndpointRouter:
             )
             self._client_url = settings.redis_url
             self._slow_read_at = float("-inf")
-            self._callbacks.clear()
+            self._conversations = None
         return self._client
+
+
+def _monotonic() -> float:
+    """``time.monotonic`` as looked up at each call (tests replace this module's ``time``)."""
+    return time.monotonic()
 
 
 router = EndpointRouter(app)

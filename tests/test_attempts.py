@@ -14,21 +14,22 @@ from dataclasses import replace
 import pytest
 import redis
 
+from testing.redis_server import RedisServer
 from webhooks import keys
 from webhooks.attempts import MAX_PER_CONVERSATION, MAX_PER_MESSAGE, AttemptLog, AttemptRecord
 from webhooks.errors import ErrorKind, PermanentDeliveryError, RetryableDeliveryError
 from webhooks.health import HealthPolicy, HealthStore
 from webhooks.metrics import Metrics
 from webhooks.observer import AttemptFacts, Observer
+from webhooks.queues import QUEUE
 from webhooks.store import connect
-from webhooks.testing.redis_server import RedisServer
 
 DB = 11
 RETENTION_S = 3600
 
 
 @pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+def db_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     connection = connect(redis_server.url.rsplit("/", 1)[0] + f"/{DB}", socket_timeout_s=5)
     connection.flushdb()
     yield connection
@@ -36,8 +37,8 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def log(client: redis.Redis) -> AttemptLog:
-    return AttemptLog(client, retention_s=RETENTION_S)
+def log(db_client: redis.Redis) -> AttemptLog:
+    return AttemptLog(db_client, retention_s=RETENTION_S)
 
 
 def a_record(**changes: object) -> AttemptRecord:
@@ -53,7 +54,7 @@ def a_record(**changes: object) -> AttemptRecord:
         status=200,
         error="",
         response_excerpt="",
-        queue="webhooks",
+        queue=QUEUE,
         worker="celery@host-a",
     )
     return replace(base, **changes)  # type: ignore[arg-type]
@@ -119,18 +120,18 @@ def test_a_conversation_keeps_only_its_newest_attempts(log: AttemptLog) -> None:
 
 
 def test_both_lists_expire_after_the_retention_and_each_attempt_renews_it(
-    log: AttemptLog, client: redis.Redis
+    log: AttemptLog, db_client: redis.Redis
 ) -> None:
     record = a_record()
     by_message = keys.attempts_by_message(record.message_id)
     by_conversation = keys.attempts_by_conversation(record.conversation_id)
 
     log.record(record)
-    client.expire(by_message, 10)
+    db_client.expire(by_message, 10)
     log.record(replace(record, attempt=2))
 
     for key in (by_message, by_conversation):
-        assert RETENTION_S - 5 < client.ttl(key) <= RETENTION_S
+        assert RETENTION_S - 5 < db_client.ttl(key) <= RETENTION_S
 
 
 def test_each_record_is_also_one_json_log_line(
@@ -156,15 +157,15 @@ def facts(attempt: int = 1) -> AttemptFacts:
         message_id=str(uuid.uuid4()),
         endpoint="https://receiver.example:443/hook",
         attempt=attempt,
-        queue="webhooks",
+        queue=QUEUE,
         worker="celery@host-a",
     )
 
 
 def test_the_observer_records_a_failed_attempt_with_its_status_kind_and_excerpt(
-    client: redis.Redis, log: AttemptLog
+    db_client: redis.Redis, log: AttemptLog
 ) -> None:
-    observer = Observer(log, Metrics(client), HealthStore(client, HealthPolicy()))
+    observer = Observer(log, Metrics(db_client), HealthStore(db_client, HealthPolicy()))
     given = facts(attempt=2)
     error = RetryableDeliveryError(
         "receiver answered HTTP 502", kind=ErrorKind.HTTP_5XX, status=502, response_excerpt="bad"
@@ -175,7 +176,7 @@ def test_the_observer_records_a_failed_attempt_with_its_status_kind_and_excerpt(
     (record,) = log.for_message(given.message_id)
     assert (record.outcome, record.status, record.response_excerpt) == ("http_5xx", 502, "bad")
     assert record.error == "receiver answered HTTP 502"
-    assert (record.attempt, record.queue, record.worker) == (2, "webhooks", "celery@host-a")
+    assert (record.attempt, record.queue, record.worker) == (2, QUEUE, "celery@host-a")
 
 
 @pytest.mark.parametrize(
@@ -188,11 +189,11 @@ def test_the_observer_records_a_failed_attempt_with_its_status_kind_and_excerpt(
     ],
 )
 def test_the_observer_names_the_error_kind(
-    client: redis.Redis, log: AttemptLog, error: BaseException, outcome: str
+    db_client: redis.Redis, log: AttemptLog, error: BaseException, outcome: str
 ) -> None:
     given = facts()
 
-    Observer(log, Metrics(client), HealthStore(client, HealthPolicy())).attempted(
+    Observer(log, Metrics(db_client), HealthStore(db_client, HealthPolicy())).attempted(
         given, started_at=1.0, duration_s=0.1, error=error
     )
 
@@ -223,10 +224,10 @@ def buffered(client: redis.Redis, log: AttemptLog) -> Observer:
 
 
 def test_a_buffered_observer_writes_the_attempt_at_once_and_the_sums_on_flush(
-    client: redis.Redis, log: AttemptLog
+    db_client: redis.Redis, log: AttemptLog
 ) -> None:
     # Given an observer that flushes on demand only
-    observer = buffered(client, log)
+    observer = buffered(db_client, log)
     given = facts()
 
     # When two quick successful attempts (a retry among them) and the end of the
@@ -237,23 +238,23 @@ def test_a_buffered_observer_writes_the_attempt_at_once_and_the_sums_on_flush(
 
     # Then the attempt log has both at once, but metrics and health nothing yet
     assert [r.attempt for r in log.for_message(given.message_id)] == [1, 2]
-    assert Metrics(client).totals() == []
-    assert client.exists(keys.endpoint(given.endpoint).health) == 0
+    assert Metrics(db_client).totals() == []
+    assert db_client.exists(keys.endpoint(given.endpoint).health) == 0
 
     # When it flushes, Then the sums arrive in full: two attempts, one retry,
     # one delivery, and health folded both attempts
     observer.flush()
-    totals = {(s.name, s.labels): s.value for s in Metrics(client).totals()}
+    totals = {(s.name, s.labels): s.value for s in Metrics(db_client).totals()}
     assert totals[("attempts", (("result", "success"),))] == 2
     assert totals[("retries", ())] == 1
     assert totals[("deliveries", (("outcome", "delivered"),))] == 1
     assert totals[("attempt_duration_sum", ())] == pytest.approx(0.3)
-    health = client.hgetall(keys.endpoint(given.endpoint).health)
+    health = db_client.hgetall(keys.endpoint(given.endpoint).health)
     assert (health["recent"], health["attempts"], health["slow"]) == ("oo", "2", "0")
 
     # And a second flush with nothing new writes nothing more
     observer.flush()
-    again = {(s.name, s.labels): s.value for s in Metrics(client).totals()}
+    again = {(s.name, s.labels): s.value for s in Metrics(db_client).totals()}
     assert again == totals
 
 
@@ -268,14 +269,14 @@ def test_a_buffered_observer_writes_the_attempt_at_once_and_the_sums_on_flush(
     ids=["timeout", "error", "slow answer", "from the slow queue"],
 )
 def test_an_attempt_that_may_move_its_endpoint_is_written_at_once(
-    client: redis.Redis,
+    db_client: redis.Redis,
     log: AttemptLog,
     duration_s: float,
     error: BaseException | None,
     urgent: bool,
 ) -> None:
     # Given a buffered observer holding one quick success for an endpoint
-    observer = buffered(client, log)
+    observer = buffered(db_client, log)
     given = facts()
     observer.attempted(given, started_at=1.0, duration_s=0.01)
 
@@ -289,9 +290,9 @@ def test_an_attempt_that_may_move_its_endpoint_is_written_at_once(
     )
 
     # Then health already holds both attempts, without a flush call
-    health = client.hgetall(keys.endpoint(given.endpoint).health)
+    health = db_client.hgetall(keys.endpoint(given.endpoint).health)
     assert health["attempts"] == "2"
-    assert Metrics(client).totals() != []
+    assert Metrics(db_client).totals() != []
 
 
 def test_sums_that_could_not_be_written_wait_for_the_next_flush(
@@ -339,8 +340,10 @@ def test_sums_that_could_not_be_written_wait_for_the_next_flush(
     flaky.close()
 
 
-def test_a_refused_attempt_is_logged_but_not_summed(client: redis.Redis, log: AttemptLog) -> None:
-    observer = buffered(client, log)
+def test_a_refused_attempt_is_logged_but_not_summed(
+    db_client: redis.Redis, log: AttemptLog
+) -> None:
+    observer = buffered(db_client, log)
     given = facts()
 
     observer.attempted(
@@ -353,4 +356,4 @@ def test_a_refused_attempt_is_logged_but_not_summed(client: redis.Redis, log: At
     observer.flush()
 
     assert [r.outcome for r in log.for_message(given.message_id)] == ["no_callback"]
-    assert Metrics(client).totals() == []
+    assert Metrics(db_client).totals() == []

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import redis
 
-from config.celery_app import QUEUE, create_app
+from config.celery_app import create_app
 from config.settings import Settings
-from webhooks.testing.redis_server import RedisServer
+from testing.redis_server import RedisServer
+from webhooks.queues import QUEUE
 
 
 def test_reliability_settings_are_applied() -> None:

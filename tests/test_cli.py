@@ -13,16 +13,17 @@ import pytest
 import redis
 
 from tasks import deliver_webhook
-from tests.conftest import make_event, registered, unique_path, wait_until
+from testing.receiver import Receiver
+from testing.redis_server import RedisServer
+from testing.worker import WorkerProcess
+from tests.support import make_event, registered, unique_path, wait_until
 from webhooks import keys
 from webhooks.cli import EXIT_INVALID, EXIT_NOT_FOUND, main
 from webhooks.conversations import ConversationStore
 from webhooks.endpoints import normalize_endpoint
 from webhooks.health import HealthPolicy, HealthStore
 from webhooks.outcomes import Outcome
-from webhooks.testing.receiver import Receiver
-from webhooks.testing.redis_server import RedisServer
-from webhooks.testing.worker import WorkerProcess
+from webhooks.queues import QUEUE, SLOW_QUEUE
 
 
 @pytest.fixture(autouse=True)
@@ -186,7 +187,7 @@ def test_endpoints_lists_health_queue_and_counters(
     # Then each shows its queue, mean, recent outcomes, attempts and counters
     assert rows[fast] == {
         "endpoint": fast,
-        "queue": "webhooks",
+        "queue": QUEUE,
         "mean_ms": 130.0,  # 0.3 * 200 + 0.7 * 100
         "recent": "oe",
         "attempts": 2,
@@ -196,7 +197,7 @@ def test_endpoints_lists_health_queue_and_counters(
     }
     assert rows[slow] == {
         "endpoint": slow,
-        "queue": "webhooks.slow",
+        "queue": SLOW_QUEUE,
         "mean_ms": 1000.0,
         "recent": "t",
         "attempts": 1,
@@ -211,7 +212,7 @@ def test_endpoints_lists_health_queue_and_counters(
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["endpoint", "queue", "mean"]
     (slow_line,) = [line for line in lines if line.startswith(slow)]
-    assert slow_line.split()[1:4] == ["webhooks.slow", "1000.0", "t"]
+    assert slow_line.split()[1:4] == [SLOW_QUEUE, "1000.0", "t"]
 
 
 def test_endpoints_lists_an_endpoint_after_a_real_delivery(
@@ -234,6 +235,6 @@ def test_endpoints_lists_an_endpoint_after_a_real_delivery(
     # nothing in flight or parked
     endpoint = normalize_endpoint(receiver.url(path))
     row = wait_until(lambda: _endpoints(capsys).get(endpoint), 10, f"{endpoint} listed")
-    assert (row["queue"], row["recent"], row["attempts"]) == ("webhooks", "o", 1)
+    assert (row["queue"], row["recent"], row["attempts"]) == (QUEUE, "o", 1)
     assert (row["in_window"], row["in_flight"], row["parked"]) == (1, 0, 0)
     assert 0 < float(str(row["mean_ms"])) < 5000

@@ -374,6 +374,24 @@ def test_a_missing_conversation_is_not_cached(conversations: ConversationStore) 
     assert view.get(cid) is None
 
 
+def test_a_view_that_remembers_missing_ids_reads_each_once_per_ttl(
+    conversations: ConversationStore,
+) -> None:
+    # Given a view that remembers missing conversations (the router's), which
+    # found no configuration for an id
+    clock = Clock()
+    view = CachedConversations(conversations, ttl_s=60.0, remember_missing=True, clock=clock)
+    cid = new_id()
+    assert view.get(cid) is None
+
+    # When it is registered, Then the view keeps its "none" until the copy expires
+    conversations.set(cid, guide_config())
+    clock.now += 59.99
+    assert view.get(cid) is None
+    clock.now += 0.01
+    assert view.get(cid) is not None
+
+
 def test_a_zero_ttl_reads_every_time(conversations: ConversationStore) -> None:
     view = CachedConversations(conversations, ttl_s=0.0, clock=Clock())
     cid = new_id()

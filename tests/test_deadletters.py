@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import redis
 
+from testing.redis_server import RedisServer
 from webhooks import keys
 from webhooks.deadletters import DeadLetter, DeadLetters
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.store import connect
-from webhooks.testing.redis_server import RedisServer
 
 DB = 15
 
@@ -30,7 +30,7 @@ def url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture
-def client(url: str) -> Iterator[redis.Redis]:
+def db_client(url: str) -> Iterator[redis.Redis]:
     connection = connect(url, socket_timeout_s=5)
     connection.flushdb()
     yield connection
@@ -38,8 +38,8 @@ def client(url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def letters(client: redis.Redis) -> DeadLetters:
-    return DeadLetters(client)
+def letters(db_client: redis.Redis) -> DeadLetters:
+    return DeadLetters(db_client)
 
 
 def dead(
@@ -77,10 +77,10 @@ def ids(found: list[DeadLetter]) -> list[str]:
 
 
 def test_find_lists_oldest_first_with_payload_and_last_error(
-    client: redis.Redis, letters: DeadLetters
+    db_client: redis.Redis, letters: DeadLetters
 ) -> None:
-    newer = dead(client, failed_at=2000.0)
-    older = dead(client, failed_at=1000.0, callback_url="https://override.example/h")
+    newer = dead(db_client, failed_at=2000.0)
+    older = dead(db_client, failed_at=1000.0, callback_url="https://override.example/h")
 
     found = letters.find()
 
@@ -102,28 +102,28 @@ def test_find_lists_oldest_first_with_payload_and_last_error(
     ],
 )
 def test_find_by_endpoint_matches_the_normalized_url(
-    client: redis.Redis, letters: DeadLetters, asked: str
+    db_client: redis.Redis, letters: DeadLetters, asked: str
 ) -> None:
-    wanted = dead(client, url="https://Receiver.example:443/hook")
-    dead(client, url="https://receiver.example/other")
-    dead(client, url="https://receiver.example:8443/hook")
+    wanted = dead(db_client, url="https://Receiver.example:443/hook")
+    dead(db_client, url="https://receiver.example/other")
+    dead(db_client, url="https://receiver.example:8443/hook")
 
     assert ids(letters.find(endpoint=asked)) == [wanted]
 
 
-def test_find_since_leaves_out_older_failures(client: redis.Redis, letters: DeadLetters) -> None:
-    dead(client, failed_at=1000.0)
-    at = dead(client, failed_at=2000.0)
-    later = dead(client, failed_at=3000.0)
+def test_find_since_leaves_out_older_failures(db_client: redis.Redis, letters: DeadLetters) -> None:
+    dead(db_client, failed_at=1000.0)
+    at = dead(db_client, failed_at=2000.0)
+    later = dead(db_client, failed_at=3000.0)
 
     assert ids(letters.find(since=2000.0)) == [at, later]
     assert ids(letters.find(since=3000.5)) == []
 
 
-def test_find_by_endpoint_and_since_together(client: redis.Redis, letters: DeadLetters) -> None:
-    dead(client, url="https://a.example/h", failed_at=1000.0)
-    wanted = dead(client, url="https://a.example/h", failed_at=3000.0)
-    dead(client, url="https://b.example/h", failed_at=3000.0)
+def test_find_by_endpoint_and_since_together(db_client: redis.Redis, letters: DeadLetters) -> None:
+    dead(db_client, url="https://a.example/h", failed_at=1000.0)
+    wanted = dead(db_client, url="https://a.example/h", failed_at=3000.0)
+    dead(db_client, url="https://b.example/h", failed_at=3000.0)
 
     assert ids(letters.find(endpoint="https://A.example/h", since=2000.0)) == [wanted]
 
@@ -132,9 +132,9 @@ def test_find_by_endpoint_and_since_together(client: redis.Redis, letters: DeadL
 
 
 def test_replay_publishes_each_letter_once_and_removes_it(
-    client: redis.Redis, letters: DeadLetters
+    db_client: redis.Redis, letters: DeadLetters
 ) -> None:
-    webhook_ids = [dead(client) for _ in range(3)]
+    webhook_ids = [dead(db_client) for _ in range(3)]
     published: list[str] = []
 
     replayed = letters.replay(letters.find(), lambda d: published.append(d.webhook_id))
@@ -142,13 +142,13 @@ def test_replay_publishes_each_letter_once_and_removes_it(
     assert replayed == 3
     assert sorted(published) == sorted(webhook_ids)
     assert letters.find() == []
-    assert client.exists(*(keys.dead_letter(i) for i in webhook_ids)) == 0
+    assert db_client.exists(*(keys.dead_letter(i) for i in webhook_ids)) == 0
 
 
 def test_replaying_the_same_letters_again_publishes_nothing(
-    client: redis.Redis, letters: DeadLetters
+    db_client: redis.Redis, letters: DeadLetters
 ) -> None:
-    dead(client)
+    dead(db_client)
     found = letters.find()
     published: list[DeadLetter] = []
     letters.replay(found, published.append)
@@ -160,12 +160,12 @@ def test_replaying_the_same_letters_again_publishes_nothing(
 
 
 def test_a_replay_that_starts_while_another_is_publishing_gets_nothing(
-    client: redis.Redis, url: str
+    db_client: redis.Redis, url: str
 ) -> None:
     # Given two operators who both listed the same dead letter
-    dead(client)
+    dead(db_client)
     other_client = connect(url, socket_timeout_s=5)
-    first, second = DeadLetters(client), DeadLetters(other_client)
+    first, second = DeadLetters(db_client), DeadLetters(other_client)
     seen_by_first, seen_by_second = first.find(), second.find()
     published: list[str] = []
     second_replayed: list[int] = []
@@ -183,9 +183,9 @@ def test_a_replay_that_starts_while_another_is_publishing_gets_nothing(
 
 
 def test_concurrent_replays_of_many_letters_publish_each_exactly_once(
-    client: redis.Redis, url: str
+    db_client: redis.Redis, url: str
 ) -> None:
-    webhook_ids = [dead(client) for _ in range(30)]
+    webhook_ids = [dead(db_client) for _ in range(30)]
     published: list[str] = []
     lock = threading.Lock()
     start = threading.Barrier(4)
@@ -217,10 +217,10 @@ def test_concurrent_replays_of_many_letters_publish_each_exactly_once(
 
 
 def test_a_failed_publish_puts_the_letter_back_for_a_later_replay(
-    client: redis.Redis, letters: DeadLetters
+    db_client: redis.Redis, letters: DeadLetters
 ) -> None:
     # Given a dead letter and a broker that refuses the first publish
-    webhook_id = dead(client, failed_at=1234.5)
+    webhook_id = dead(db_client, failed_at=1234.5)
     found = letters.find()
 
     def broker_down(letter: DeadLetter) -> None:
@@ -230,7 +230,7 @@ def test_a_failed_publish_puts_the_letter_back_for_a_later_replay(
     with pytest.raises(ConnectionError):
         letters.replay(found, broker_down)
     assert ids(letters.find()) == [webhook_id]
-    assert client.zscore(keys.DEAD_LETTERS, webhook_id) == 1234.5
+    assert db_client.zscore(keys.DEAD_LETTERS, webhook_id) == 1234.5
     assert letters.find()[0].event == found[0].event
 
     # And a later replay publishes it
@@ -240,9 +240,9 @@ def test_a_failed_publish_puts_the_letter_back_for_a_later_replay(
 
 
 def test_the_url_of_a_letter_is_its_callback_or_the_configured_one(
-    client: redis.Redis, letters: DeadLetters
+    db_client: redis.Redis, letters: DeadLetters
 ) -> None:
-    configured = dead(client, url="https://configured.example/h", callback_url=None)
+    configured = dead(db_client, url="https://configured.example/h", callback_url=None)
 
     (letter,) = letters.find()
 
@@ -254,9 +254,9 @@ def test_the_url_of_a_letter_is_its_callback_or_the_configured_one(
 # --- retention ------------------------------------------------------------------
 
 
-def test_dead_letters_expire_and_leave_the_index_as_new_ones_come(client: redis.Redis) -> None:
+def test_dead_letters_expire_and_leave_the_index_as_new_ones_come(db_client: redis.Redis) -> None:
     # Given a store that keeps dead letters for 100 s, and a letter 150 s old
-    store = OutcomeStore(client, retention_s=10, dead_letter_retention_s=100)
+    store = OutcomeStore(db_client, retention_s=10, dead_letter_retention_s=100)
     now = time.time()
     old = Outcome(str(uuid.uuid4()), "failed", None, None, None, 4, finished_at=now - 150)
     store.failed(old, event={}, callback_url=None)
@@ -268,6 +268,6 @@ def test_dead_letters_expire_and_leave_the_index_as_new_ones_come(client: redis.
     # Then both letters and their outcomes expire on Redis' clock, the outcome
     # no sooner than its letter, and the index has forgotten the old letter
     for outcome in (old, new):
-        assert 90 < client.ttl(keys.dead_letter(outcome.webhook_id)) <= 100
-        assert 90 < client.ttl(keys.delivery(outcome.webhook_id)) <= 100
+        assert 90 < db_client.ttl(keys.dead_letter(outcome.webhook_id)) <= 100
+        assert 90 < db_client.ttl(keys.delivery(outcome.webhook_id)) <= 100
     assert store.dead_letter_ids() == [new.webhook_id]

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import pytest
 
 from tasks import deliver_webhook
-from tests.conftest import Broker, make_event, registered
+from testing.receiver import Hang, Raw, Receiver, http_head
+from testing.worker import WorkerProcess
+from tests.support import Broker, make_event, registered
 from webhooks.attempts import AttemptLog, AttemptRecord
-from webhooks.testing.receiver import Hang, Raw, Receiver, http_head
-from webhooks.testing.worker import WorkerProcess
 
 #: connect 0.5 s + read 1 s: each attempt's deadline.
 DEADLINE_S = 1.5

@@ -1,4 +1,4 @@
-"""``python -m webhooks.demo`` as a new user runs it: no Redis configured, nothing left behind."""
+"""``python -m demo`` as a new user runs it: no Redis configured, nothing left behind."""
 
 from __future__ import annotations
 
@@ -22,14 +22,19 @@ DEMO = [
     sys.executable,
     "-c",
     "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "runpy.run_module('webhooks.demo', run_name='__main__')",
+    "runpy.run_module('demo', run_name='__main__')",
 ]
 TIMEOUT_S = 90
+#: ``demo`` and ``testing`` sit beside the package, not in it: the checkout goes
+#: on the path, as ``make demo`` (run from the checkout) has it.
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fresh_machine_env() -> dict[str, str]:
     """This environment without any ``WEBHOOKS_*`` variable, so the demo embeds Redis."""
-    return {k: v for k, v in child_environment({}).items() if not k.startswith("WEBHOOKS_")}
+    env = {k: v for k, v in child_environment({}).items() if not k.startswith("WEBHOOKS_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
 
 
 def start_demo(tmp_path: Path, output: Path) -> subprocess.Popen[bytes]:

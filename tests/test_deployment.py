@@ -18,8 +18,8 @@ import pytest
 import requests
 import yaml
 
-from webhooks.testing.redis_server import RedisServer, free_port
-from webhooks.testing.worker import FAST_QUEUES, SLOW_QUEUES, WORKER_ARGS
+from testing.redis_server import RedisServer, free_port
+from testing.worker import FAST_QUEUES, SLOW_QUEUES, WORKER_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,8 +21,8 @@ SLOW_EP = "https://slow.example:443/hook"
 
 
 @pytest.fixture
-def store(client: redis.Redis) -> HealthStore:
-    return HealthStore(client, POLICY)
+def store(own_client: redis.Redis) -> HealthStore:
+    return HealthStore(own_client, POLICY)
 
 
 def observe_ms(
@@ -74,13 +74,13 @@ def test_recent_keeps_the_last_five_outcomes_newest_last(store: HealthStore) -> 
 
 
 def test_the_record_expires_when_an_endpoint_is_no_longer_attempted(
-    store: HealthStore, client: redis.Redis
+    store: HealthStore, own_client: redis.Redis
 ) -> None:
     # When an endpoint is attempted
     observe_ms(store, FAST_EP, 10)
 
     # Then its health record lives for about a week after the latest attempt
-    assert client.ttl(keys.endpoint(FAST_EP).health) == pytest.approx(7 * 24 * 3600, abs=5)
+    assert own_client.ttl(keys.endpoint(FAST_EP).health) == pytest.approx(7 * 24 * 3600, abs=5)
 
 
 # --- turning slow --------------------------------------------------------------------------
@@ -141,9 +141,9 @@ def test_between_the_thresholds_a_slow_endpoint_stays_slow(store: HealthStore) -
     assert health_of(store, SLOW_EP).ewma_ms == pytest.approx(2200.5, abs=0.2)
 
 
-def test_exactly_recover_ms_keeps_a_slow_endpoint_slow(client: redis.Redis) -> None:
+def test_exactly_recover_ms_keeps_a_slow_endpoint_slow(own_client: redis.Redis) -> None:
     # Given a policy whose numbers land exactly on recover_ms (alpha 0.5: 3000 -> 2500)
-    store = HealthStore(client, HealthPolicy(slow_ms=2900, recover_ms=2500, alpha=0.5))
+    store = HealthStore(own_client, HealthPolicy(slow_ms=2900, recover_ms=2500, alpha=0.5))
     assert observe_ms(store, SLOW_EP, 3000)
 
     # When an attempt brings the average to exactly recover_ms
@@ -199,14 +199,16 @@ def test_with_the_timeout_gone_a_high_average_still_keeps_it_slow(store: HealthS
 # --- the global sets and all() -----------------------------------------------------------------
 
 
-def test_the_slow_and_known_sets_follow_the_flag(store: HealthStore, client: redis.Redis) -> None:
+def test_the_slow_and_known_sets_follow_the_flag(
+    store: HealthStore, own_client: redis.Redis
+) -> None:
     # Given two endpoints seen once, one fast and one timing out
     observe_ms(store, FAST_EP, 20)
     store.observe(SLOW_EP, duration_s=1.0, outcome="timeout")
 
     # Then both are known and only the one that timed out is slow
-    assert client.smembers(keys.KNOWN_ENDPOINTS) == {FAST_EP, SLOW_EP}
-    assert client.smembers(keys.SLOW_ENDPOINTS) == {SLOW_EP}
+    assert own_client.smembers(keys.KNOWN_ENDPOINTS) == {FAST_EP, SLOW_EP}
+    assert own_client.smembers(keys.SLOW_ENDPOINTS) == {SLOW_EP}
     assert store.slow_endpoints() == {SLOW_EP}
 
     # When the slow one recovers (five quick answers push the timeout out)
@@ -216,7 +218,7 @@ def test_the_slow_and_known_sets_follow_the_flag(store: HealthStore, client: red
 
     # Then the slow set has swapped and both are still known
     assert store.slow_endpoints() == {FAST_EP}
-    assert client.smembers(keys.KNOWN_ENDPOINTS) == {FAST_EP, SLOW_EP}
+    assert own_client.smembers(keys.KNOWN_ENDPOINTS) == {FAST_EP, SLOW_EP}
 
 
 def test_an_endpoint_slow_on_its_first_attempt_is_in_the_slow_set(store: HealthStore) -> None:
@@ -246,12 +248,12 @@ def test_all_lists_every_known_endpoint_sorted_with_its_health(store: HealthStor
 
 
 def test_all_skips_a_known_endpoint_whose_record_expired(
-    store: HealthStore, client: redis.Redis
+    store: HealthStore, own_client: redis.Redis
 ) -> None:
     # Given a known endpoint whose health record has gone (expired)
     observe_ms(store, FAST_EP, 10)
     observe_ms(store, SLOW_EP, 10)
-    client.delete(keys.endpoint(SLOW_EP).health)
+    own_client.delete(keys.endpoint(SLOW_EP).health)
 
     # Then it is not listed
     assert [h.endpoint for h in store.all()] == [FAST_EP]
@@ -292,11 +294,11 @@ def test_the_thresholds_come_from_the_environment_and_recover_never_exceeds_slow
     ],
 )
 def test_a_batch_ends_where_the_same_attempts_one_by_one_end(
-    client: redis.Redis, attempts: list[tuple[float, str]]
+    own_client: redis.Redis, attempts: list[tuple[float, str]]
 ) -> None:
     # Given two endpoints that see the same attempts in the same order
     one_by_one, batched = f"{FAST_EP}/a", f"{FAST_EP}/b"
-    store = HealthStore(client, POLICY)
+    store = HealthStore(own_client, POLICY)
 
     # When one gets them one call each and the other in a single call
     for duration_s, outcome in attempts:

@@ -18,16 +18,17 @@ from typing import Any
 
 import pytest
 
-from config.celery_app import QUEUE, SLOW_QUEUE, app
+from config.celery_app import app
 from tasks import deliver_webhook
 from tasks.routing import router
-from tests.conftest import Broker, make_event, registered, unique_path, wait_until
+from testing.receiver import Hang, Receiver, Respond, TestCA
+from testing.worker import ALL_QUEUES, FAST_QUEUES, SLOW_QUEUES, WorkerProcess
+from tests.support import Broker, make_event, registered, unique_path, wait_until
 from webhooks import keys
 from webhooks.attempts import AttemptLog, AttemptRecord
 from webhooks.cli import main as cli
 from webhooks.endpoints import normalize_endpoint
-from webhooks.testing.receiver import Hang, Receiver, Respond, TestCA
-from webhooks.testing.worker import ALL_QUEUES, FAST_QUEUES, SLOW_QUEUES, WorkerProcess
+from webhooks.queues import QUEUE, SLOW_QUEUE
 
 #: Limits out of the way: isolation, not rate limiting, is under test here.
 ROOMY = {"WEBHOOKS_RATE_LIMIT": "100000/minute", "WEBHOOKS_MAX_CONCURRENCY": "50"}

@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
+from testing.redis_server import RedisServer
 from webhooks import keys
 from webhooks.metrics import BUCKETS_S, MINUTE_TTL_S, Metrics, Sample, bucket_for
 from webhooks.store import connect
-from webhooks.testing.redis_server import RedisServer
 
 DB = 12
 A = "https://a.example:443/hook"
@@ -37,13 +37,13 @@ def connect_db(redis_server: RedisServer) -> Iterator[Callable[[], redis.Redis]]
 
 
 @pytest.fixture
-def client(connect_db: Callable[[], redis.Redis]) -> redis.Redis:
+def db_client(connect_db: Callable[[], redis.Redis]) -> redis.Redis:
     return connect_db()
 
 
 @pytest.fixture
-def metrics(client: redis.Redis) -> Metrics:
-    return Metrics(client)
+def metrics(db_client: redis.Redis) -> Metrics:
+    return Metrics(db_client)
 
 
 def values(samples: list[Sample]) -> dict[tuple[str, str, tuple[tuple[str, str], ...]], float]:
@@ -143,8 +143,8 @@ def test_observations_from_separate_clients_add_up(connect_db: Callable[[], redi
 # --- bounded endpoint labels -----------------------------------------------------
 
 
-def test_endpoints_past_the_bound_share_the_other_label(client: redis.Redis) -> None:
-    metrics = Metrics(client, max_endpoints=2)
+def test_endpoints_past_the_bound_share_the_other_label(db_client: redis.Redis) -> None:
+    metrics = Metrics(db_client, max_endpoints=2)
 
     for endpoint in (A, B, C, D, A):
         metrics.observe_delivery(endpoint, outcome="delivered")
@@ -155,7 +155,7 @@ def test_endpoints_past_the_bound_share_the_other_label(client: redis.Redis) -> 
         ("deliveries", B, (("outcome", "delivered"),)): 1,
         ("deliveries", "other", (("outcome", "delivered"),)): 2,
     }
-    assert client.smembers(keys.METRICS_ENDPOINTS) == {A, B}
+    assert db_client.smembers(keys.METRICS_ENDPOINTS) == {A, B}
 
 
 # --- minute windows --------------------------------------------------------------
@@ -178,14 +178,14 @@ def test_the_last_minutes_include_this_minute_and_reach_back_as_asked(
 
 
 def test_minute_windows_sum_the_minutes_and_leave_totals_alone(
-    metrics: Metrics, client: redis.Redis
+    metrics: Metrics, db_client: redis.Redis
 ) -> None:
     # Given counts written into two past minutes (as workers did then) and now
     now = away_from_a_minute_boundary()
     minute = int(now // 60)
     field = f"attempts\t{A}\tresult=success"
-    client.hset(keys.metrics_minute(minute - 2), field, 4)
-    client.hset(keys.metrics_minute(minute - 10), field, 100)
+    db_client.hset(keys.metrics_minute(minute - 2), field, 4)
+    db_client.hset(keys.metrics_minute(minute - 10), field, 100)
     metrics.observe_attempt(A, result="success", duration_s=0.01, attempt=1)
     attempts = ("attempts", A, (("result", "success"),))
 
@@ -194,10 +194,12 @@ def test_minute_windows_sum_the_minutes_and_leave_totals_alone(
     assert values(metrics.totals())[attempts] == 1
 
 
-def test_a_minute_hash_expires_and_the_totals_do_not(metrics: Metrics, client: redis.Redis) -> None:
+def test_a_minute_hash_expires_and_the_totals_do_not(
+    metrics: Metrics, db_client: redis.Redis
+) -> None:
     now = away_from_a_minute_boundary()
 
     metrics.observe_delivery(A, outcome="delivered")
 
-    assert MINUTE_TTL_S - 5 < client.ttl(keys.metrics_minute(int(now // 60))) <= MINUTE_TTL_S
-    assert client.ttl(keys.METRICS_TOTALS) == -1
+    assert MINUTE_TTL_S - 5 < db_client.ttl(keys.metrics_minute(int(now // 60))) <= MINUTE_TTL_S
+    assert db_client.ttl(keys.METRICS_TOTALS) == -1

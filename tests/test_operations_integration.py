@@ -31,14 +31,15 @@ from config.celery_app import app
 from config.settings import Settings, child_environment
 from config.wiring import conversation_store
 from tasks import deliver_webhook
-from tests.conftest import make_event, registered, unique_path, wait_until, worker_env
+from testing.receiver import Drop, Receiver, Respond, TestCA
+from testing.redis_server import RedisServer, free_port
+from testing.worker import WorkerProcess
+from tests.support import make_event, registered, unique_path, wait_until, worker_env
 from webhooks.cli import EXIT_NOT_FOUND, main
 from webhooks.conversations import ConversationStore
 from webhooks.endpoints import normalize_endpoint
 from webhooks.outcomes import Outcome, OutcomeStore
-from webhooks.testing.receiver import Drop, Receiver, Respond, TestCA
-from webhooks.testing.redis_server import RedisServer, free_port
-from webhooks.testing.worker import WorkerProcess
+from webhooks.queues import QUEUE
 
 # --- fixtures ----------------------------------------------------------------
 
@@ -211,7 +212,7 @@ def test_the_log_tells_the_story_of_a_delivery_that_failed_twice_then_succeeded(
     assert {r["webhook_id"] for r in records} == {webhook_id}
     assert {(r["conversation_id"], r["message_id"]) for r in records} == {(cid, message_id)}
     assert {r["endpoint"] for r in records} == {normalize_endpoint(receiver.url(path))}
-    assert {r["queue"] for r in records} == {"webhooks"}
+    assert {r["queue"] for r in records} == {QUEUE}
     assert {r["worker"] for r in records} <= fleet.hostnames()
     assert all(r["duration_s"] > 0 for r in records[::2])  # answered attempts took time
     started = [r["started_at"] for r in records]
@@ -228,7 +229,7 @@ def test_the_log_tells_the_story_of_a_delivery_that_failed_twice_then_succeeded(
         assert row[0] == record["started_at"]
         assert row[1:5] == [message_id, webhook_id, str(record["attempt"]), record["outcome"]]
         assert row[5] == str(record["status"] or "-")
-        assert row[7:10] == ["webhooks", record["worker"], record["endpoint"]]
+        assert row[7:10] == [QUEUE, record["worker"], record["endpoint"]]
     assert "boom" in out.splitlines()[2]
 
     # And the conversation's log lists it too
@@ -407,7 +408,7 @@ def test_metrics_scraped_over_http_add_up_across_two_worker_processes(
     assert not [
         key for key in ours if key[0] in ("webhooks_errors_total", "webhooks_retries_total")
     ]
-    assert found[("webhooks_queue_depth", (("queue", "webhooks"),))] == 0
+    assert found[("webhooks_queue_depth", (("queue", QUEUE),))] == 0
 
 
 # --- 4. stats -------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 import redis
 
-from tests.conftest import make_event
+from tests.support import make_event, release_slot
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
 from webhooks.parking import ParkedDelivery, ParkingLot, Room
@@ -27,13 +27,13 @@ ROOMY = Limits(rate=RateLimit(1000, 60), max_concurrency=100)
 
 
 @pytest.fixture
-def lot(client: redis.Redis) -> ParkingLot:
-    return ParkingLot(client)
+def lot(own_client: redis.Redis) -> ParkingLot:
+    return ParkingLot(own_client)
 
 
 @pytest.fixture
-def limiter(client: redis.Redis) -> Limiter:
-    return Limiter(client, lease_s=LEASE_S)
+def limiter(own_client: redis.Redis) -> Limiter:
+    return Limiter(own_client, lease_s=LEASE_S)
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_parked_delivery_round_trips_through_json() -> None:
 
 
 def test_park_queues_and_indexes_the_endpoint(
-    lot: ParkingLot, client: redis.Redis, endpoint: str
+    lot: ParkingLot, own_client: redis.Redis, endpoint: str
 ) -> None:
     # Given an endpoint with nothing parked
     assert lot.backlog(endpoint) == 0
@@ -106,8 +106,8 @@ def test_park_queues_and_indexes_the_endpoint(
     # endpoint is indexed for then (not due now)
     assert length == 1
     assert lot.backlog(endpoint) == 1
-    assert client.get(keys.endpoint(endpoint).limits) == "1000 60000 100"
-    score = index_score(client, endpoint)
+    assert own_client.get(keys.endpoint(endpoint).limits) == "1000 60000 100"
+    score = index_score(own_client, endpoint)
     assert score is not None
     assert before + 5000 <= score <= now_ms() + 5000
     assert endpoint not in lot.due()
@@ -144,12 +144,12 @@ def test_the_line_is_in_order_of_place(lot: ParkingLot, endpoint: str) -> None:
 
 
 def test_a_delivery_released_and_parked_again_keeps_its_place(
-    lot: ParkingLot, client: redis.Redis, endpoint: str
+    lot: ParkingLot, own_client: redis.Redis, endpoint: str
 ) -> None:
     # Given three deliveries waiting, the head one released by the pump
     # (taken, republished, then removed from the line)
     head, second, third = park_all(lot, endpoint, 3)
-    place = client.zscore(keys.endpoint(endpoint).parked, head.webhook_id)
+    place = own_client.zscore(keys.endpoint(endpoint).parked, head.webhook_id)
     (released,) = lot.take(endpoint, max_batch=1).deliveries
     lot.done(endpoint, [released])
     assert released.delivery.webhook_id == head.webhook_id
@@ -164,17 +164,17 @@ def test_a_delivery_released_and_parked_again_keeps_its_place(
 
 
 def test_a_later_park_never_postpones_the_endpoints_look(
-    lot: ParkingLot, client: redis.Redis, endpoint: str
+    lot: ParkingLot, own_client: redis.Redis, endpoint: str
 ) -> None:
     # Given an endpoint to be looked at in 1 s
     lot.park(endpoint, delivery(), ROOMY, wait_s=1)
-    soon = index_score(client, endpoint)
+    soon = index_score(own_client, endpoint)
 
     # When another delivery is parked to be looked at in 60 s
     lot.park(endpoint, delivery(), ROOMY, wait_s=60)
 
     # Then the look stays in 1 s; a park asking for sooner brings it forward
-    assert index_score(client, endpoint) == soon
+    assert index_score(own_client, endpoint) == soon
     lot.park(endpoint, delivery(), ROOMY, wait_s=0)
     assert endpoint in lot.due()
 
@@ -227,14 +227,14 @@ def test_take_is_bounded_by_free_slots(lot: ParkingLot, limiter: Limiter, endpoi
 
 
 def test_take_is_bounded_by_the_windows_budget(
-    lot: ParkingLot, limiter: Limiter, endpoint: str
+    lot: ParkingLot, limiter: Limiter, endpoint: str, own_client: redis.Redis
 ) -> None:
     # Given 4 per minute, 3 used (slots released), and 5 deliveries parked
     limits = Limits(rate=RateLimit(4, 60), max_concurrency=10)
     for _ in range(3):
         grant = limiter.acquire(endpoint, limits)
         assert isinstance(grant, Granted)
-        limiter.release(endpoint, grant.token)
+        release_slot(limiter, own_client, endpoint, grant.token)
     parked = park_all(lot, endpoint, 5, limits)
 
     # When the pump takes
@@ -272,14 +272,14 @@ def test_take_says_how_long_to_wait_when_the_slots_are_full(
 
 
 def test_take_says_how_long_to_wait_when_the_window_is_full(
-    lot: ParkingLot, limiter: Limiter, endpoint: str
+    lot: ParkingLot, limiter: Limiter, endpoint: str, own_client: redis.Redis
 ) -> None:
     # Given 2 per second, both used, and a delivery parked
     limits = Limits(rate=RateLimit(2, 1), max_concurrency=10)
     for _ in range(2):
         grant = limiter.acquire(endpoint, limits)
         assert isinstance(grant, Granted)
-        limiter.release(endpoint, grant.token)
+        release_slot(limiter, own_client, endpoint, grant.token)
     (parked,) = park_all(lot, endpoint, 1, limits)
 
     # When the pump takes
@@ -293,11 +293,13 @@ def test_take_says_how_long_to_wait_when_the_window_is_full(
     assert ids(lot.take(endpoint, max_batch=50)) == [parked.webhook_id]
 
 
-def test_take_waits_out_a_hold(lot: ParkingLot, limiter: Limiter, endpoint: str) -> None:
+def test_take_waits_out_a_hold(
+    lot: ParkingLot, limiter: Limiter, endpoint: str, own_client: redis.Redis
+) -> None:
     # Given an endpoint held for 2 s (a Retry-After), and a delivery parked
     grant = limiter.acquire(endpoint, ROOMY)
     assert isinstance(grant, Granted)
-    limiter.release(endpoint, grant.token, hold_s=2)
+    release_slot(limiter, own_client, endpoint, grant.token, hold_s=2)
     park_all(lot, endpoint, 1)
 
     # When the pump takes
@@ -309,10 +311,10 @@ def test_take_waits_out_a_hold(lot: ParkingLot, limiter: Limiter, endpoint: str)
     assert 1.5 < room.wait_s <= 2.0
 
 
-def test_take_cleans_orphan_ids(lot: ParkingLot, client: redis.Redis, endpoint: str) -> None:
+def test_take_cleans_orphan_ids(lot: ParkingLot, own_client: redis.Redis, endpoint: str) -> None:
     # Given a line whose head has lost its payload (e.g. a half-finished done())
     parked = park_all(lot, endpoint, 2)
-    client.hdel(keys.endpoint(endpoint).payloads, parked[0].webhook_id)
+    own_client.hdel(keys.endpoint(endpoint).payloads, parked[0].webhook_id)
 
     # When the pump takes
     room = lot.take(endpoint, max_batch=50)
@@ -326,7 +328,9 @@ def test_take_cleans_orphan_ids(lot: ParkingLot, client: redis.Redis, endpoint: 
 # --- done, reschedule, wake, due, claim --------------------------------------------------
 
 
-def test_done_removes_from_the_line(lot: ParkingLot, client: redis.Redis, endpoint: str) -> None:
+def test_done_removes_from_the_line(
+    lot: ParkingLot, own_client: redis.Redis, endpoint: str
+) -> None:
     # Given three parked deliveries, the first two taken by the pump
     parked = park_all(lot, endpoint, 3)
     taken = lot.take(endpoint, max_batch=2).deliveries
@@ -336,7 +340,7 @@ def test_done_removes_from_the_line(lot: ParkingLot, client: redis.Redis, endpoi
 
     # Then only the third is left, payload and all
     assert lot.backlog(endpoint) == 1
-    assert client.hkeys(keys.endpoint(endpoint).payloads) == [parked[2].webhook_id]
+    assert own_client.hkeys(keys.endpoint(endpoint).payloads) == [parked[2].webhook_id]
     assert ids(lot.take(endpoint, max_batch=50)) == [parked[2].webhook_id]
     lot.done(endpoint, [])  # nothing to do is fine
 
@@ -382,7 +386,7 @@ def test_every_park_is_stamped_anew(lot: ParkingLot, endpoint: str) -> None:
 
 
 def test_reschedule_forgets_an_empty_line(
-    lot: ParkingLot, client: redis.Redis, endpoint: str
+    lot: ParkingLot, own_client: redis.Redis, endpoint: str
 ) -> None:
     # Given an indexed endpoint whose line has been emptied
     park_all(lot, endpoint, 1)
@@ -392,11 +396,11 @@ def test_reschedule_forgets_an_empty_line(
     lot.reschedule(endpoint, wait_s=None)
 
     # Then the endpoint is no longer indexed
-    assert index_score(client, endpoint) is None
+    assert index_score(own_client, endpoint) is None
 
 
 def test_reschedule_keeps_a_line_that_is_not_empty(
-    lot: ParkingLot, client: redis.Redis, endpoint: str
+    lot: ParkingLot, own_client: redis.Redis, endpoint: str
 ) -> None:
     # Given an endpoint that was found empty, and a delivery parked since
     park_all(lot, endpoint, 1)
@@ -405,11 +409,11 @@ def test_reschedule_keeps_a_line_that_is_not_empty(
     lot.reschedule(endpoint, wait_s=None)
 
     # Then it stays indexed, due at once
-    assert index_score(client, endpoint) is not None
+    assert index_score(own_client, endpoint) is not None
     assert endpoint in lot.due()
 
 
-def test_reschedule_later(lot: ParkingLot, client: redis.Redis, endpoint: str) -> None:
+def test_reschedule_later(lot: ParkingLot, own_client: redis.Redis, endpoint: str) -> None:
     # Given a due endpoint
     park_all(lot, endpoint, 1)
     assert endpoint in lot.due()
@@ -420,12 +424,14 @@ def test_reschedule_later(lot: ParkingLot, client: redis.Redis, endpoint: str) -
 
     # Then it is not due now, and is due in 30 s
     assert endpoint not in lot.due()
-    score = index_score(client, endpoint)
+    score = index_score(own_client, endpoint)
     assert score is not None
     assert before + 30_000 <= score <= now_ms() + 30_000
 
 
-def test_wake_brings_the_look_forward(lot: ParkingLot, client: redis.Redis, endpoint: str) -> None:
+def test_wake_brings_the_look_forward(
+    lot: ParkingLot, own_client: redis.Redis, endpoint: str
+) -> None:
     # Given an endpoint to be looked at in a minute
     park_all(lot, endpoint, 1)
     lot.reschedule(endpoint, wait_s=60)
@@ -438,21 +444,23 @@ def test_wake_brings_the_look_forward(lot: ParkingLot, client: redis.Redis, endp
     assert endpoint in lot.due()
 
 
-def test_wake_never_postpones(lot: ParkingLot, client: redis.Redis, endpoint: str) -> None:
+def test_wake_never_postpones(lot: ParkingLot, own_client: redis.Redis, endpoint: str) -> None:
     # Given an endpoint due since a while
     park_all(lot, endpoint, 1)
-    client.zadd(keys.PARKED_ENDPOINTS, {endpoint: now_ms() - 10_000})
+    own_client.zadd(keys.PARKED_ENDPOINTS, {endpoint: now_ms() - 10_000})
 
     # When it is woken
     lot.wake(endpoint)
 
     # Then its earlier time is kept
-    score = index_score(client, endpoint)
+    score = index_score(own_client, endpoint)
     assert score is not None
     assert score <= now_ms() - 10_000
 
 
-def test_due_lists_only_endpoints_whose_time_has_come(lot: ParkingLot, client: redis.Redis) -> None:
+def test_due_lists_only_endpoints_whose_time_has_come(
+    lot: ParkingLot, own_client: redis.Redis
+) -> None:
     # Given three endpoints: due, due, and due in a minute
     now_due = [normalize_endpoint(f"https://r.example/{i}") for i in range(2)]
     later = normalize_endpoint("https://r.example/later")

@@ -17,6 +17,7 @@ from prometheus_client.samples import Sample as PromSample
 
 from webhooks.metrics import BUCKETS_S, Metrics, Sample
 from webhooks.prometheus import render, serve
+from webhooks.queues import QUEUE
 
 A = "https://a.example:443/hook"
 B = "https://b.example:443/other"
@@ -97,13 +98,13 @@ def test_the_histogram_is_cumulative_and_its_count_is_the_inf_bucket(
 
 
 def test_gauges_are_rendered_with_their_label() -> None:
-    text = render([], {"queue_depth": {"webhooks": 3, "parked": 7}, "dead_letters": {"all": 2}})
+    text = render([], {"queue_depth": {QUEUE: 3, "parked": 7}, "dead_letters": {"all": 2}})
 
     families = parse(text)
 
     kind, depth = families["webhooks_queue_depth"]
     assert kind == "gauge"
-    assert value(depth, "webhooks_queue_depth", queue="webhooks") == 3
+    assert value(depth, "webhooks_queue_depth", queue=QUEUE) == 3
     assert value(depth, "webhooks_queue_depth", queue="parked") == 7
     assert families["webhooks_dead_letters"][0] == "gauge"
     assert [s.value for s in families["webhooks_dead_letters"][1]] == [2]
@@ -129,7 +130,7 @@ def test_label_values_are_escaped() -> None:
 
 
 def test_every_line_is_a_comment_or_one_sample(observed: list[Sample]) -> None:
-    text = render(observed, {"queue_depth": {"webhooks": 0}})
+    text = render(observed, {"queue_depth": {QUEUE: 0}})
 
     lines = text.splitlines()
 

@@ -19,25 +19,26 @@ from typing import Any
 import pytest
 import redis
 
-from config.celery_app import RELEASED_QUEUE, app
+from config.celery_app import app
 from config.settings import Settings
 from tasks.delivery import deliver_webhook
 from tasks.pump import SETTLE_S, Pump
-from tests.conftest import make_event
+from testing.redis_server import RedisServer
+from tests.support import make_event, release_slot
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import InvalidEvent
 from webhooks.events import parse_event
 from webhooks.parking import ParkedDelivery, ParkingLot
 from webhooks.progress import Delivery
+from webhooks.queues import RELEASED_QUEUE
 from webhooks.ratelimit import Granted, Limiter, Limits, RateLimit
-from webhooks.testing.redis_server import RedisServer
 
 ROOMY = Limits(rate=RateLimit(1000, 60), max_concurrency=100)
 
 
 @pytest.fixture
-def client(producer_settings: Settings) -> Iterator[redis.Redis]:
+def broker_client(producer_settings: Settings) -> Iterator[redis.Redis]:
     """A Redis of the test's own, which the producer publishes to until the test ends.
 
     One per test, so the broker's lists hold only that test's messages.
@@ -55,8 +56,8 @@ def client(producer_settings: Settings) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def lot(client: redis.Redis) -> ParkingLot:
-    return ParkingLot(client)
+def lot(broker_client: redis.Redis) -> ParkingLot:
+    return ParkingLot(broker_client)
 
 
 @pytest.fixture
@@ -118,13 +119,14 @@ def now_ms() -> int:
 
 
 def test_tick_republishes_parked_deliveries_with_their_progress(
-    lot: ParkingLot, client: redis.Redis, endpoint: str
+    lot: ParkingLot, broker_client: redis.Redis, endpoint: str
 ) -> None:
     # Given three deliveries parked with progress: attempt 3, one retry used,
     # 4 s waited on 429s
     items = park_all(lot, endpoint, 3, attempt=3, retries=1, waited_s=4.0)
     places = {
-        i.webhook_id: client.zscore(keys.endpoint(endpoint).parked, i.webhook_id) for i in items
+        i.webhook_id: broker_client.zscore(keys.endpoint(endpoint).parked, i.webhook_id)
+        for i in items
     }
 
     # When the pump ticks
@@ -134,8 +136,8 @@ def test_tick_republishes_parked_deliveries_with_their_progress(
     # tasks that carry the delivery's progress (the retry budget used in the
     # Celery `retries` header, the place in line for a park again)
     assert released == 3
-    assert client.llen(RELEASED_QUEUE) == 3
-    messages = queued(client)
+    assert broker_client.llen(RELEASED_QUEUE) == 3
+    messages = queued(broker_client)
     assert [m.task_id for m in messages] == [i.webhook_id for i in items]
     for item, message in zip(items, messages, strict=True):
         assert message.task == "deliver_webhook"
@@ -152,14 +154,14 @@ def test_tick_republishes_parked_deliveries_with_their_progress(
     # And they are no longer parked; the endpoint is looked at again once the
     # batch has settled
     assert lot.backlog(endpoint) == 0
-    assert client.hlen(keys.endpoint(endpoint).payloads) == 0
-    score = index_score(client, endpoint)
+    assert broker_client.hlen(keys.endpoint(endpoint).payloads) == 0
+    score = index_score(broker_client, endpoint)
     assert score is not None
     assert score > now_ms() + SETTLE_S * 1000 - 500
 
 
 def test_a_tick_on_an_emptied_line_forgets_the_endpoint(
-    lot: ParkingLot, client: redis.Redis, endpoint: str
+    lot: ParkingLot, broker_client: redis.Redis, endpoint: str
 ) -> None:
     # Given an endpoint whose line the pump has emptied
     park_all(lot, endpoint, 1)
@@ -167,20 +169,20 @@ def test_a_tick_on_an_emptied_line_forgets_the_endpoint(
     assert pump.tick() == 1
 
     # When it is due again and the pump ticks
-    client.zadd(keys.PARKED_ENDPOINTS, {endpoint: now_ms()})
+    broker_client.zadd(keys.PARKED_ENDPOINTS, {endpoint: now_ms()})
     assert pump.tick() == 0
 
     # Then the endpoint is no longer indexed, and nothing more was published
-    assert index_score(client, endpoint) is None
-    assert client.llen(RELEASED_QUEUE) == 1
+    assert index_score(broker_client, endpoint) is None
+    assert broker_client.llen(RELEASED_QUEUE) == 1
 
 
 def test_tick_releases_only_what_the_endpoint_has_room_for(
-    lot: ParkingLot, client: redis.Redis, endpoint: str
+    lot: ParkingLot, broker_client: redis.Redis, endpoint: str
 ) -> None:
     # Given a cap of 3 at once, one attempt in flight, five deliveries parked
     limits = Limits(rate=RateLimit(1000, 60), max_concurrency=3)
-    assert isinstance(Limiter(client, lease_s=30).acquire(endpoint, limits), Granted)
+    assert isinstance(Limiter(broker_client, lease_s=30).acquire(endpoint, limits), Granted)
     items = park_all(lot, endpoint, 5, limits)
 
     # When the pump ticks
@@ -188,16 +190,16 @@ def test_tick_releases_only_what_the_endpoint_has_room_for(
 
     # Then the first two are republished and the other three stay in line
     assert released == 2
-    assert [m.task_id for m in queued(client)] == [i.webhook_id for i in items[:2]]
+    assert [m.task_id for m in queued(broker_client)] == [i.webhook_id for i in items[:2]]
     assert lot.backlog(endpoint) == 3
 
 
 def test_an_endpoint_without_room_is_rescheduled_not_emptied(
-    lot: ParkingLot, client: redis.Redis, endpoint: str
+    lot: ParkingLot, broker_client: redis.Redis, endpoint: str
 ) -> None:
     # Given a cap of 1, the slot held (lease 20 s), and two deliveries parked
     limits = Limits(rate=RateLimit(1000, 60), max_concurrency=1)
-    assert isinstance(Limiter(client, lease_s=20).acquire(endpoint, limits), Granted)
+    assert isinstance(Limiter(broker_client, lease_s=20).acquire(endpoint, limits), Granted)
     park_all(lot, endpoint, 2, limits)
     assert endpoint in lot.due()
 
@@ -208,31 +210,31 @@ def test_an_endpoint_without_room_is_rescheduled_not_emptied(
     # Then nothing is published, both stay parked, and the endpoint is looked
     # at again when the holder's lease would run out, not before
     assert released == 0
-    assert client.llen(RELEASED_QUEUE) == 0
+    assert broker_client.llen(RELEASED_QUEUE) == 0
     assert lot.backlog(endpoint) == 2
-    score = index_score(client, endpoint)
+    score = index_score(broker_client, endpoint)
     assert score is not None
     assert before + 19_000 < score <= now_ms() + 20_000
     assert endpoint not in lot.due()
 
 
 def test_an_endpoint_with_a_full_window_waits_for_it(
-    lot: ParkingLot, client: redis.Redis, endpoint: str
+    lot: ParkingLot, broker_client: redis.Redis, endpoint: str
 ) -> None:
     # Given 2 per second, both used, and a delivery parked
     limits = Limits(rate=RateLimit(2, 1), max_concurrency=10)
-    limiter = Limiter(client, lease_s=20)
+    limiter = Limiter(broker_client, lease_s=20)
     for _ in range(2):
         grant = limiter.acquire(endpoint, limits)
         assert isinstance(grant, Granted)
-        limiter.release(endpoint, grant.token)
+        release_slot(limiter, broker_client, endpoint, grant.token)
     (item,) = park_all(lot, endpoint, 1, limits)
     pump = Pump(lot, owner="pump-a")
 
     # When the pump ticks now
     # Then nothing is released and the endpoint is due within the window
     assert pump.tick() == 0
-    score = index_score(client, endpoint)
+    score = index_score(broker_client, endpoint)
     assert score is not None
     assert score <= now_ms() + 1000
 
@@ -241,11 +243,11 @@ def test_an_endpoint_with_a_full_window_waits_for_it(
     assert pump.tick() == 1
 
     # Then the delivery is published
-    assert [m.task_id for m in queued(client)] == [item.webhook_id]
+    assert [m.task_id for m in queued(broker_client)] == [item.webhook_id]
 
 
 def test_a_claimed_endpoint_is_left_to_its_pump(
-    lot: ParkingLot, client: redis.Redis, endpoint: str
+    lot: ParkingLot, broker_client: redis.Redis, endpoint: str
 ) -> None:
     # Given an endpoint another pump is releasing right now
     park_all(lot, endpoint, 2)
@@ -256,12 +258,12 @@ def test_a_claimed_endpoint_is_left_to_its_pump(
 
     # Then it leaves the endpoint alone
     assert released == 0
-    assert client.llen(RELEASED_QUEUE) == 0
+    assert broker_client.llen(RELEASED_QUEUE) == 0
     assert lot.backlog(endpoint) == 2
 
 
 def test_two_pumps_ticking_at_once_never_publish_a_delivery_twice(
-    lot: ParkingLot, client: redis.Redis
+    lot: ParkingLot, broker_client: redis.Redis
 ) -> None:
     # Given 20 endpoints with 20 deliveries each, all due
     endpoints = [normalize_endpoint(f"https://r{i}.example/{uuid.uuid4().hex}") for i in range(20)]
@@ -273,13 +275,13 @@ def test_two_pumps_ticking_at_once_never_publish_a_delivery_twice(
     errors: list[BaseException] = []
 
     def run(owner: str) -> None:
-        pump = Pump(ParkingLot(client), owner=owner)
+        pump = Pump(ParkingLot(broker_client), owner=owner)
         start.wait()
         total = 0
         try:
             for _ in range(10):
                 for endpoint in endpoints:  # make every endpoint due again
-                    client.zadd(keys.PARKED_ENDPOINTS, {endpoint: now_ms()}, lt=True)
+                    broker_client.zadd(keys.PARKED_ENDPOINTS, {endpoint: now_ms()}, lt=True)
                 total += pump.tick()
         except BaseException as exc:
             errors.append(exc)
@@ -293,7 +295,7 @@ def test_two_pumps_ticking_at_once_never_publish_a_delivery_twice(
 
     # Then every delivery is published exactly once, and none is left parked
     assert errors == []
-    published = [m.task_id for m in queued(client)]
+    published = [m.task_id for m in queued(broker_client)]
     assert sorted(published) == sorted(expected)
     assert len(published) == len(set(published)) == 400
     assert counts["pump-a"] + counts["pump-b"] == 400
@@ -301,7 +303,7 @@ def test_two_pumps_ticking_at_once_never_publish_a_delivery_twice(
 
 
 def test_a_delivery_parked_again_before_the_pump_is_done_is_kept(
-    lot: ParkingLot, client: redis.Redis, endpoint: str, monkeypatch: pytest.MonkeyPatch
+    lot: ParkingLot, broker_client: redis.Redis, endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given two parked deliveries, and a worker so quick that each republished
     # task runs, finds no room after all, and parks again before the pump has
@@ -315,7 +317,7 @@ def test_a_delivery_parked_again_before_the_pump_is_done_is_kept(
         result = publish(*args, **options)
         kwargs = options["kwargs"]
         lot.park(endpoint, Delivery(**kwargs, retries=options["retries"]), ROOMY, wait_s=0)
-        client.rpop(RELEASED_QUEUE)  # the worker consumed the message
+        broker_client.rpop(RELEASED_QUEUE)  # the worker consumed the message
         again.append(kwargs["webhook_id"])
         return result
 
@@ -327,17 +329,17 @@ def test_a_delivery_parked_again_before_the_pump_is_done_is_kept(
     # Then both deliveries are still parked, in their places: the queue has no
     # copy of them, so removing them now would lose them for good
     assert again == [i.webhook_id for i in items]
-    assert client.llen(RELEASED_QUEUE) == 0
+    assert broker_client.llen(RELEASED_QUEUE) == 0
     assert lot.backlog(endpoint) == 2
     assert [p.delivery.webhook_id for p in lot.take(endpoint, max_batch=10).deliveries] == again
 
 
 def test_a_failed_publish_loses_nothing(
-    lot: ParkingLot, client: redis.Redis, endpoint: str
+    lot: ParkingLot, broker_client: redis.Redis, endpoint: str
 ) -> None:
     # Given three parked deliveries, the second of which cannot be published
     first, broken, third = park_all(lot, endpoint, 3)
-    client.hset(
+    broker_client.hset(
         keys.endpoint(endpoint).payloads,
         broken.webhook_id,
         ParkedDelivery(
@@ -350,9 +352,9 @@ def test_a_failed_publish_loses_nothing(
         Pump(lot, owner="pump-a").tick()
 
     # Then what was published left the line, and what was not is still in it
-    assert [m.task_id for m in queued(client)] == [first.webhook_id]
+    assert [m.task_id for m in queued(broker_client)] == [first.webhook_id]
     assert lot.backlog(endpoint) == 2
-    assert set(client.hkeys(keys.endpoint(endpoint).payloads)) == {
+    assert set(broker_client.hkeys(keys.endpoint(endpoint).payloads)) == {
         broken.webhook_id,
         third.webhook_id,
     }

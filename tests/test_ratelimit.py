@@ -17,6 +17,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from tests.support import release_slot
 from webhooks import keys
 from webhooks.endpoints import endpoint_tag, normalize_endpoint
 from webhooks.ratelimit import Denied, Granted, Limiter, Limits, RateLimit, load_script
@@ -138,14 +139,16 @@ def test_granted_headers() -> None:
 
 @pytest.mark.usefixtures("cleanup")
 def test_window_allows_n_then_denies_until_the_oldest_attempt_leaves_it(
-    limiter: Limiter, endpoint: str
+    limiter: Limiter, endpoint: str, redis_client: redis.Redis
 ) -> None:
     # Given a limit of 3 attempts per 1 s, slots released at once
     rule = limits(3, window_s=1)
 
     # When 3 attempts are made
     for _ in range(3):
-        limiter.release(endpoint, granted(limiter.acquire(endpoint, rule)).token)
+        release_slot(
+            limiter, redis_client, endpoint, granted(limiter.acquire(endpoint, rule)).token
+        )
 
     # Then a 4th is denied for the rate, told to wait at most the window
     refusal = denied(limiter.acquire(endpoint, rule))
@@ -197,11 +200,15 @@ def redis_ms(client: redis.Redis) -> int:
 
 
 @pytest.mark.usefixtures("cleanup")
-def test_releasing_a_slot_does_not_refund_the_rate_budget(limiter: Limiter, endpoint: str) -> None:
+def test_releasing_a_slot_does_not_refund_the_rate_budget(
+    limiter: Limiter, endpoint: str, redis_client: redis.Redis
+) -> None:
     # Given a limit of 2 per minute, both used and their slots released
     rule = limits(2, window_s=60)
     for _ in range(2):
-        limiter.release(endpoint, granted(limiter.acquire(endpoint, rule)).token)
+        release_slot(
+            limiter, redis_client, endpoint, granted(limiter.acquire(endpoint, rule)).token
+        )
 
     # When a third attempt is made
     refusal = denied(limiter.acquire(endpoint, rule))
@@ -212,7 +219,9 @@ def test_releasing_a_slot_does_not_refund_the_rate_budget(limiter: Limiter, endp
 
 
 @pytest.mark.usefixtures("cleanup")
-def test_denied_attempts_do_not_use_the_budget(limiter: Limiter, endpoint: str) -> None:
+def test_denied_attempts_do_not_use_the_budget(
+    limiter: Limiter, endpoint: str, redis_client: redis.Redis
+) -> None:
     # Given a limit of 2 per 1 s with one slot, the slot taken
     rule = limits(2, window_s=1, max_concurrency=1)
     holder = granted(limiter.acquire(endpoint, rule))
@@ -222,7 +231,7 @@ def test_denied_attempts_do_not_use_the_budget(limiter: Limiter, endpoint: str) 
         assert denied(limiter.acquire(endpoint, rule)).reason == "concurrency"
 
     # Then the second attempt of the window is still available once the slot is free
-    limiter.release(endpoint, holder.token)
+    release_slot(limiter, redis_client, endpoint, holder.token)
     second = granted(limiter.acquire(endpoint, rule))
     assert second.remaining == 0
 
@@ -231,7 +240,9 @@ def test_denied_attempts_do_not_use_the_budget(limiter: Limiter, endpoint: str) 
 
 
 @pytest.mark.usefixtures("cleanup")
-def test_concurrency_cap_and_release(limiter: Limiter, endpoint: str) -> None:
+def test_concurrency_cap_and_release(
+    limiter: Limiter, endpoint: str, redis_client: redis.Redis
+) -> None:
     # Given a cap of 2 attempts at once
     rule = limits(1000, window_s=60, max_concurrency=2)
     first = granted(limiter.acquire(endpoint, rule))
@@ -245,7 +256,7 @@ def test_concurrency_cap_and_release(limiter: Limiter, endpoint: str) -> None:
     assert 0 < refusal.wait_s <= LEASE_S
 
     # When one attempt finishes and releases its slot
-    limiter.release(endpoint, first.token)
+    release_slot(limiter, redis_client, endpoint, first.token)
 
     # Then exactly one more attempt fits
     granted(limiter.acquire(endpoint, rule))
@@ -253,15 +264,17 @@ def test_concurrency_cap_and_release(limiter: Limiter, endpoint: str) -> None:
 
 
 @pytest.mark.usefixtures("cleanup")
-def test_releasing_twice_frees_one_slot_only(limiter: Limiter, endpoint: str) -> None:
+def test_releasing_twice_frees_one_slot_only(
+    limiter: Limiter, endpoint: str, redis_client: redis.Redis
+) -> None:
     # Given a cap of 2, both slots held
     rule = limits(1000, window_s=60, max_concurrency=2)
     first = granted(limiter.acquire(endpoint, rule))
     granted(limiter.acquire(endpoint, rule))
 
     # When the same attempt releases twice (e.g. a retried release)
-    limiter.release(endpoint, first.token)
-    limiter.release(endpoint, first.token)
+    release_slot(limiter, redis_client, endpoint, first.token)
+    release_slot(limiter, redis_client, endpoint, first.token)
 
     # Then one slot came free, not two
     granted(limiter.acquire(endpoint, rule))
@@ -296,13 +309,15 @@ def test_lease_expiry_frees_the_slot_of_a_dead_holder(
 
 
 @pytest.mark.usefixtures("cleanup")
-def test_release_with_hold_holds_back_every_attempt(limiter: Limiter, endpoint: str) -> None:
+def test_release_with_hold_holds_back_every_attempt(
+    limiter: Limiter, endpoint: str, redis_client: redis.Redis
+) -> None:
     # Given an endpoint with plenty of room
     rule = limits(1000, window_s=60, max_concurrency=10)
     grant = granted(limiter.acquire(endpoint, rule))
 
     # When the attempt releases with a 0.5 s hold (the receiver's Retry-After)
-    limiter.release(endpoint, grant.token, hold_s=0.5)
+    release_slot(limiter, redis_client, endpoint, grant.token, hold_s=0.5)
 
     # Then attempts are refused for the hold until it is over
     refusal = denied(limiter.acquire(endpoint, rule))
@@ -319,19 +334,19 @@ def test_a_hold_only_extends_never_shortens(
     # Given an endpoint held for 5 s
     rule = limits(1000, window_s=60, max_concurrency=10)
     tokens = [granted(limiter.acquire(endpoint, rule)).token for _ in range(3)]
-    limiter.release(endpoint, tokens[0], hold_s=5)
+    release_slot(limiter, redis_client, endpoint, tokens[0], hold_s=5)
     hold_key = keys.endpoint(endpoint).hold
     held_until = int(redis_client.get(hold_key) or 0)
 
     # When another attempt releases with a shorter hold
-    limiter.release(endpoint, tokens[1], hold_s=1)
+    release_slot(limiter, redis_client, endpoint, tokens[1], hold_s=1)
 
     # Then the hold is unchanged
     assert int(redis_client.get(hold_key) or 0) == held_until
     assert 4.0 < denied(limiter.acquire(endpoint, rule)).wait_s <= 5.0
 
     # When another releases with a longer hold
-    limiter.release(endpoint, tokens[2], hold_s=10)
+    release_slot(limiter, redis_client, endpoint, tokens[2], hold_s=10)
 
     # Then the hold is extended, and its key expires with it
     assert int(redis_client.get(hold_key) or 0) > held_until
@@ -342,10 +357,14 @@ def test_a_hold_only_extends_never_shortens(
 
 
 @pytest.mark.usefixtures("cleanup")
-def test_a_hold_wins_over_free_room(limiter: Limiter, endpoint: str) -> None:
+def test_a_hold_wins_over_free_room(
+    limiter: Limiter, endpoint: str, redis_client: redis.Redis
+) -> None:
     # Given an endpoint held while it has every slot and budget free
     rule = limits(1000, window_s=60, max_concurrency=10)
-    limiter.release(endpoint, granted(limiter.acquire(endpoint, rule)).token, hold_s=2)
+    release_slot(
+        limiter, redis_client, endpoint, granted(limiter.acquire(endpoint, rule)).token, hold_s=2
+    )
 
     # When attempts are made
     # Then all are refused for the hold and none uses the budget
@@ -354,19 +373,20 @@ def test_a_hold_wins_over_free_room(limiter: Limiter, endpoint: str) -> None:
 
 
 @pytest.mark.usefixtures("cleanup")
+@pytest.mark.parametrize("hold_s", [0.0, 5.0], ids=["plain", "with-hold"])
 def test_release_reports_the_parked_line(
-    limiter: Limiter, redis_client: redis.Redis, endpoint: str
+    limiter: Limiter, redis_client: redis.Redis, endpoint: str, hold_s: float
 ) -> None:
     # Given an endpoint with two deliveries in its waiting line
     rule = limits(1000, window_s=60, max_concurrency=10)
     first = granted(limiter.acquire(endpoint, rule))
     second = granted(limiter.acquire(endpoint, rule))
-    assert limiter.release(endpoint, first.token) == 0
+    assert release_slot(limiter, redis_client, endpoint, first.token, hold_s=hold_s) == 0
     redis_client.zadd(keys.endpoint(endpoint).parked, {"wh_a": 1, "wh_b": 2})
 
-    # When an attempt releases its slot
+    # When an attempt releases its slot (with or without holding the endpoint back)
     # Then it learns how many wait, so that it can wake the pump
-    assert limiter.release(endpoint, second.token) == 2
+    assert release_slot(limiter, redis_client, endpoint, second.token, hold_s=hold_s) == 2
 
 
 @pytest.mark.usefixtures("cleanup")
@@ -435,7 +455,7 @@ def test_the_limiter_writes_only_keys_under_the_endpoints_tag(
     rule = limits(10, window_s=60)
     token = granted(limiter.acquire(endpoint, rule)).token
     granted(limiter.acquire(endpoint, rule))
-    limiter.release(endpoint, token, hold_s=5)
+    release_slot(limiter, redis_client, endpoint, token, hold_s=5)
 
     # Then every key it wrote carries the endpoint's hash tag
     written = set(redis_client.scan_iter(match=f"*{endpoint_tag(endpoint)}*"))
@@ -479,9 +499,11 @@ def test_limiter_runs_registered_scripts_by_sha(redis_client: redis.Redis, endpo
     rule = limits(1000, window_s=60)
     evals, shas = command_calls(redis_client, "eval"), command_calls(redis_client, "evalsha")
 
-    # When it acquires and releases five times
-    for _ in range(5):
-        limiter.release(endpoint, granted(limiter.acquire(endpoint, rule)).token)
+    # When it acquires five slots and releases them holding the endpoint back
+    # (a release without a hold needs no script)
+    tokens = [granted(limiter.acquire(endpoint, rule)).token for _ in range(5)]
+    for token in tokens:
+        release_slot(limiter, redis_client, endpoint, token, hold_s=1)
 
     # Then both scripts are known to Redis by the SHA-1 of their files, and
     # were run with EVALSHA, never by sending their source with EVAL

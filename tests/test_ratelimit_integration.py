@@ -22,16 +22,16 @@ from typing import cast
 import pytest
 import redis
 
-from config.celery_app import QUEUE, RELEASED_QUEUE
 from config.settings import Settings
 from tasks import deliver_webhook
-from tests.conftest import Broker, make_event, registered, unique_path, wait_until, worker_env
+from testing.receiver import Hang, ReceivedRequest, Receiver, Respond
+from testing.worker import WorkerProcess
+from tests.support import Broker, make_event, registered, unique_path, wait_until, worker_env
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
 from webhooks.outcomes import Outcome
 from webhooks.parking import ParkingLot
-from webhooks.testing.receiver import Hang, ReceivedRequest, Receiver, Respond
-from webhooks.testing.worker import WorkerProcess
+from webhooks.queues import QUEUE, RELEASED_QUEUE
 
 #: Kombu's Redis transport keeps each message handed to a worker here until acked.
 UNACKED_KEY = "unacked"

@@ -16,43 +16,43 @@ def reclaimer(client: redis.Redis, restored: list[str], name: str) -> Reclaimer:
     return Reclaimer(client, restored.append, incarnation=name, dead_after_s=5)
 
 
-def test_a_beat_forgets_the_tags_kombu_no_longer_holds(client: redis.Redis) -> None:
+def test_a_beat_forgets_the_tags_kombu_no_longer_holds(own_client: redis.Redis) -> None:
     # Given a worker that took two deliveries, one acknowledged since
-    alive = reclaimer(client, [], "alive")
+    alive = reclaimer(own_client, [], "alive")
     alive.took("tag-acked")
     alive.took("tag-held")
-    client.hset(UNACKED, "tag-held", "[]")
+    own_client.hset(UNACKED, "tag-held", "[]")
 
     # When it beats
     alive.beat()
 
     # Then it is listed alive on Redis' clock and keeps only the held tag
-    assert client.smembers(keys.worker_held("alive")) == {"tag-held"}
-    (seconds, _) = client.time()
-    score = client.zscore(keys.WORKERS, "alive")
+    assert own_client.smembers(keys.worker_held("alive")) == {"tag-held"}
+    (seconds, _) = own_client.time()
+    score = own_client.zscore(keys.WORKERS, "alive")
     assert score is not None and abs(score - seconds) < 2
 
 
 def test_a_silent_worker_is_reaped_once_and_only_its_unacked_tags_restored(
-    client: redis.Redis,
+    own_client: redis.Redis,
 ) -> None:
     # Given a worker last heard from 10 s ago holding one unacknowledged
     # delivery and one acknowledged since, and a worker that just beat
-    (seconds, _) = client.time()
-    client.zadd(keys.WORKERS, {"dead": seconds - 10})
-    client.sadd(keys.worker_held("dead"), "tag-held", "tag-acked")
-    client.hset(UNACKED, "tag-held", "[]")
+    (seconds, _) = own_client.time()
+    own_client.zadd(keys.WORKERS, {"dead": seconds - 10})
+    own_client.sadd(keys.worker_held("dead"), "tag-held", "tag-acked")
+    own_client.hset(UNACKED, "tag-held", "[]")
     restored: list[str] = []
-    alive = reclaimer(client, restored, "alive")
+    alive = reclaimer(own_client, restored, "alive")
     alive.beat()
 
     # When two workers reap, one after the other
     first = alive.reap()
-    second = reclaimer(client, restored, "other").reap()
+    second = reclaimer(own_client, restored, "other").reap()
 
     # Then the dead worker's held delivery was restored once, its records
     # are gone, and the live worker was left alone
     assert (first, second, restored) == (1, 0, ["tag-held"])
-    assert client.exists(keys.worker_held("dead")) == 0
-    assert client.zscore(keys.WORKERS, "dead") is None
-    assert client.zscore(keys.WORKERS, "alive") is not None
+    assert own_client.exists(keys.worker_held("dead")) == 0
+    assert own_client.zscore(keys.WORKERS, "dead") is None
+    assert own_client.zscore(keys.WORKERS, "alive") is not None

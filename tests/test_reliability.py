@@ -21,16 +21,16 @@ from datetime import datetime
 import pytest
 import redis
 
-from config.celery_app import QUEUE
 from config.settings import DEFAULT_RETRY_SCHEDULE_S, Settings
 from config.wiring import conversation_store
 from tasks import deliver_webhook
-from tests.conftest import Broker, make_event, registered, unique_path, wait_until
+from testing.receiver import Hang, ReceivedRequest, Receiver, Respond
+from testing.redis_server import RedisServer
+from testing.worker import WorkerProcess
+from tests.support import Broker, make_event, registered, unique_path, wait_until
 from webhooks import keys
 from webhooks.outcomes import OutcomeStore
-from webhooks.testing.receiver import Hang, ReceivedRequest, Receiver, Respond
-from webhooks.testing.redis_server import RedisServer
-from webhooks.testing.worker import WorkerProcess
+from webhooks.queues import QUEUE
 
 #: Kombu's Redis transport keeps each message it hands to a worker in this hash
 #: (payload) and sorted set (hand-out time) until the worker acknowledges it.

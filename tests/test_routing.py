@@ -21,22 +21,23 @@ from typing import Any
 import pytest
 import redis
 
-from config.celery_app import QUEUE, RELEASED_QUEUE, SLOW_QUEUE, app
+from config.celery_app import app
 from config.settings import Settings
 from config.wiring import conversation_store
 from tasks import routing
 from tasks.delivery import deliver_webhook
 from tasks.pump import Pump
 from tasks.routing import EndpointRouter
-from tests.conftest import make_event
+from testing.redis_server import RedisServer, free_port
+from tests.support import make_event
 from webhooks import keys
 from webhooks.conversations import ConversationStore
 from webhooks.endpoints import normalize_endpoint
 from webhooks.health import HealthPolicy, HealthStore
 from webhooks.parking import ParkingLot
 from webhooks.progress import Delivery
+from webhooks.queues import QUEUE, RELEASED_QUEUE, SLOW_QUEUE
 from webhooks.ratelimit import Limits, RateLimit
-from webhooks.testing.redis_server import RedisServer, free_port
 
 #: Commands of the test's own client while it measures, not the router's.
 MEASURING = {"info", "config|resetstat"}
@@ -81,20 +82,13 @@ def point_at(
 
 
 @pytest.fixture
-def client(own_redis: RedisServer) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=5)
-    yield connection
-    connection.close()
+def health(own_client: redis.Redis) -> HealthStore:
+    return HealthStore(own_client, HealthPolicy())
 
 
 @pytest.fixture
-def health(client: redis.Redis) -> HealthStore:
-    return HealthStore(client, HealthPolicy())
-
-
-@pytest.fixture
-def conversations(client: redis.Redis, producer_settings: Settings) -> ConversationStore:
-    return conversation_store(client, producer_settings)
+def conversations(own_client: redis.Redis, producer_settings: Settings) -> ConversationStore:
+    return conversation_store(own_client, producer_settings)
 
 
 @pytest.fixture
@@ -319,7 +313,7 @@ def test_many_publishes_read_redis_once_per_refresh_not_once_per_publish(
     point_at: Callable[..., Settings],
     health: HealthStore,
     conversations: ConversationStore,
-    client: redis.Redis,
+    own_client: redis.Redis,
     clock: Clock,
 ) -> None:
     # Given a slow endpoint configured for a conversation, a 2 s route cache,
@@ -329,7 +323,7 @@ def test_many_publishes_read_redis_once_per_refresh_not_once_per_publish(
     make_slow(health, url)
     cid = registered(conversations, url)
     router = EndpointRouter(app)
-    client.config_resetstat()
+    own_client.config_resetstat()
 
     # When 1000 deliveries are routed over 10 s (by the router's clock)
     routes = set()
@@ -341,7 +335,7 @@ def test_many_publishes_read_redis_once_per_refresh_not_once_per_publish(
     # set per 2 s (at 0, 2, 4, 6, 8 s) and one read of the conversation (its
     # cache lasts 60 s): nothing else, whatever the number of publishes
     assert routes == {SLOW_QUEUE}
-    commands = router_commands(client)
+    commands = router_commands(own_client)
     assert {c: n for c, n in commands.items() if c not in CONNECTION_SETUP} == {
         "smembers": 5,
         "get": 1,
@@ -353,14 +347,14 @@ def test_many_publishes_read_redis_once_per_refresh_not_once_per_publish(
 def test_each_conversation_is_read_once_per_minute(
     point_at: Callable[..., Settings],
     conversations: ConversationStore,
-    client: redis.Redis,
+    own_client: redis.Redis,
     clock: Clock,
 ) -> None:
     # Given three conversations and a long route cache
     point_at(route_cache_s=3600.0)
     cids = [registered(conversations, new_url()) for _ in range(3)]
     router = EndpointRouter(app)
-    client.config_resetstat()
+    own_client.config_resetstat()
 
     # When each has 100 events routed within a minute, then one more a minute later
     for _ in range(100):
@@ -371,7 +365,7 @@ def test_each_conversation_is_read_once_per_minute(
         router.queue_for(delivery(make_event(cid)))
 
     # Then each conversation was read twice (once per 60 s), the slow set once
-    commands = router_commands(client)
+    commands = router_commands(own_client)
     assert (commands.get("get"), commands.get("smembers")) == (6, 1)
 
 
@@ -468,7 +462,7 @@ def test_a_real_route_cache_expires_in_real_time(
 
 
 def test_a_delivery_to_a_slow_endpoint_is_published_to_the_slow_queue(
-    point_at: Callable[..., Settings], health: HealthStore, client: redis.Redis
+    point_at: Callable[..., Settings], health: HealthStore, own_client: redis.Redis
 ) -> None:
     # Given a producer on a Redis with no worker, one slow endpoint and one fast
     point_at(route_cache_s=0.0)
@@ -482,11 +476,11 @@ def test_a_delivery_to_a_slow_endpoint_is_published_to_the_slow_queue(
         deliver_webhook.delay(make_event(), fast_url)
 
     # Then the broker's lists hold them apart
-    assert (client.llen(SLOW_QUEUE), client.llen(QUEUE)) == (3, 2)
+    assert (own_client.llen(SLOW_QUEUE), own_client.llen(QUEUE)) == (3, 2)
 
 
 def test_an_explicit_queue_wins_over_the_router(
-    point_at: Callable[..., Settings], health: HealthStore, client: redis.Redis
+    point_at: Callable[..., Settings], health: HealthStore, own_client: redis.Redis
 ) -> None:
     # Given a slow endpoint
     point_at(route_cache_s=0.0)
@@ -498,15 +492,15 @@ def test_an_explicit_queue_wins_over_the_router(
     deliver_webhook.apply_async(kwargs={"event": make_event(), "callback_url": url}, queue=QUEUE)
 
     # Then the explicit queue is used
-    assert (client.llen(SLOW_QUEUE), client.llen(QUEUE)) == (0, 1)
+    assert (own_client.llen(SLOW_QUEUE), own_client.llen(QUEUE)) == (0, 1)
 
 
 def test_the_pump_releases_a_slow_endpoints_line_to_the_slow_queue(
-    point_at: Callable[..., Settings], health: HealthStore, client: redis.Redis
+    point_at: Callable[..., Settings], health: HealthStore, own_client: redis.Redis
 ) -> None:
     # Given parked deliveries for a slow endpoint (2) and a fast one (3)
     point_at(route_cache_s=0.0)
-    lot = ParkingLot(client)
+    lot = ParkingLot(own_client)
     roomy = Limits(rate=RateLimit(1000, 60), max_concurrency=100)
     slow, fast = normalize_endpoint(new_url()), normalize_endpoint(new_url())
     make_slow(health, slow)
@@ -520,5 +514,9 @@ def test_the_pump_releases_a_slow_endpoints_line_to_the_slow_queue(
     # Then the slow endpoint's line went to the slow queue and the fast one's to
     # the released queue
     assert released == 5
-    assert (client.llen(SLOW_QUEUE), client.llen(RELEASED_QUEUE), client.llen(QUEUE)) == (2, 3, 0)
-    assert client.zcard(keys.endpoint(slow).parked) == 0
+    assert (
+        own_client.llen(SLOW_QUEUE),
+        own_client.llen(RELEASED_QUEUE),
+        own_client.llen(QUEUE),
+    ) == (2, 3, 0)
+    assert own_client.zcard(keys.endpoint(slow).parked) == 0

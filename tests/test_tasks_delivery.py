@@ -11,12 +11,12 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from tasks import deliver_webhook
-from tests.conftest import make_event, registered, unique_path
+from testing.receiver import Drop, Hang, Receiver, Respond
+from testing.worker import WorkerProcess
+from tests.support import make_event, registered, unique_path
 from webhooks.conversations import ConversationStore
 from webhooks.errors import InvalidEvent, PolicyRefusal
 from webhooks.outcomes import Outcome, OutcomeStore
-from webhooks.testing.receiver import Drop, Hang, Receiver, Respond
-from webhooks.testing.worker import WorkerProcess
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from urllib3.util import connection as urllib3_connection
 
+from testing.receiver import Receiver, TestCA
 from webhooks.errors import ErrorKind, PermanentDeliveryError, RetryableDeliveryError
 from webhooks.sender import Sender
-from webhooks.testing.receiver import Receiver, TestCA
 from webhooks.urlpolicy import check_url, resolve_public
 
 FAKE_HOST = "rebind.example"
@@ -82,16 +82,6 @@ def net(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNet]:
     assert all(host == LOOPBACK for host, _ in fake.connects)
 
 
-def make_sender(ca: TestCA, *, allow_private: bool) -> Sender:
-    return Sender(
-        connect_timeout_s=2,
-        read_timeout_s=2,
-        allow_private=allow_private,
-        ca_bundle=ca.pem_path,
-        user_agent="t",
-    )
-
-
 @pytest.fixture(scope="module")
 def receiver(test_ca: TestCA) -> Iterator[Receiver]:
     """One receiver for the module (each test uses its own path); its certificate
@@ -108,16 +98,15 @@ def named_receiver(test_ca: TestCA) -> Iterator[Receiver]:
 
 
 def test_host_name_resolving_to_loopback_is_refused_before_connecting(
-    net: FakeNet, receiver: Receiver, test_ca: TestCA
+    net: FakeNet, receiver: Receiver, make_sender: Callable[..., Sender]
 ) -> None:
     # Given a sender with the default policy and a URL whose name is loopback
-    sender = make_sender(test_ca, allow_private=False)
+    sender = make_sender(allow_private=False)
     url = f"https://localhost:{receiver.port}/refused"
 
     # When it posts
     with pytest.raises(PermanentDeliveryError) as excinfo:
         sender.post(url, b"{}", {})
-    sender.close()
 
     # Then it is refused by policy, permanently, without any connection
     assert excinfo.value.kind is ErrorKind.REFUSED_BY_POLICY
@@ -128,15 +117,14 @@ def test_host_name_resolving_to_loopback_is_refused_before_connecting(
 
 
 def test_plain_http_goes_through_the_same_guard(
-    net: FakeNet, receiver: Receiver, test_ca: TestCA
+    net: FakeNet, receiver: Receiver, make_sender: Callable[..., Sender]
 ) -> None:
     # Given an http:// URL to a loopback name (the sender itself does not police schemes)
-    sender = make_sender(test_ca, allow_private=False)
+    sender = make_sender(allow_private=False)
 
     # When it posts
     with pytest.raises(PermanentDeliveryError) as excinfo:
         sender.post(f"http://localhost:{receiver.port}/plain", b"{}", {})
-    sender.close()
 
     # Then the address policy still refuses before connecting
     assert excinfo.value.kind is ErrorKind.REFUSED_BY_POLICY
@@ -144,7 +132,7 @@ def test_plain_http_goes_through_the_same_guard(
 
 
 def test_dns_rebinding_is_refused_at_connect(
-    net: FakeNet, named_receiver: Receiver, test_ca: TestCA
+    net: FakeNet, named_receiver: Receiver, make_sender: Callable[..., Sender]
 ) -> None:
     # Given a name that answers a public address first and loopback afterwards
     net.answer(FAKE_HOST, [PUBLIC_DECOY], [LOOPBACK])
@@ -156,10 +144,9 @@ def test_dns_rebinding_is_refused_at_connect(
     assert [str(address) for address, _ in first] == [PUBLIC_DECOY]
 
     # When the sender delivers to it
-    sender = make_sender(test_ca, allow_private=False)
+    sender = make_sender(allow_private=False)
     with pytest.raises(PermanentDeliveryError) as excinfo:
         sender.post(url, b"{}", {})
-    sender.close()
 
     # Then it resolved again itself, refused the new answer, and connected nowhere
     assert excinfo.value.kind is ErrorKind.REFUSED_BY_POLICY
@@ -170,16 +157,15 @@ def test_dns_rebinding_is_refused_at_connect(
 
 
 def test_connects_to_exactly_the_vetted_address_and_verifies_tls_by_name(
-    net: FakeNet, named_receiver: Receiver, test_ca: TestCA
+    net: FakeNet, named_receiver: Receiver, make_sender: Callable[..., Sender]
 ) -> None:
     # Given a made-up name mapped to the receiver and private networks allowed
     net.answer(FAKE_HOST, [LOOPBACK])
-    sender = make_sender(test_ca, allow_private=True)
+    sender = make_sender(allow_private=True)
     url = f"https://{FAKE_HOST}:{named_receiver.port}/vetted"
 
     # When the sender delivers
     response = sender.post(url, b'{"a":1}', {"Content-Type": "application/json"})
-    sender.close()
 
     # Then it looked the name up once and dialled that very address
     assert response.status == 200
@@ -192,16 +178,15 @@ def test_connects_to_exactly_the_vetted_address_and_verifies_tls_by_name(
 
 
 def test_certificate_is_checked_against_the_host_name_not_the_address(
-    net: FakeNet, receiver: Receiver, test_ca: TestCA
+    net: FakeNet, receiver: Receiver, make_sender: Callable[..., Sender]
 ) -> None:
     # Given a name mapped to a receiver whose certificate names only localhost/127.0.0.1
     net.answer(FAKE_HOST, [LOOPBACK])
-    sender = make_sender(test_ca, allow_private=True)
+    sender = make_sender(allow_private=True)
 
     # When the sender delivers to the name
     with pytest.raises(RetryableDeliveryError) as excinfo:
         sender.post(f"https://{FAKE_HOST}:{receiver.port}/mismatch", b"{}", {})
-    sender.close()
 
     # Then TLS fails on the name mismatch even though the address is the vetted one
     assert excinfo.value.kind is ErrorKind.TLS
@@ -210,16 +195,15 @@ def test_certificate_is_checked_against_the_host_name_not_the_address(
 
 
 def test_mixed_answer_is_refused_even_if_the_first_address_is_public(
-    net: FakeNet, named_receiver: Receiver, test_ca: TestCA
+    net: FakeNet, named_receiver: Receiver, make_sender: Callable[..., Sender]
 ) -> None:
     # Given a name that answers a public and a loopback address together
     net.answer(FAKE_HOST, [PUBLIC_DECOY, LOOPBACK])
-    sender = make_sender(test_ca, allow_private=False)
+    sender = make_sender(allow_private=False)
 
     # When the sender delivers
     with pytest.raises(PermanentDeliveryError) as excinfo:
         sender.post(f"https://{FAKE_HOST}:{named_receiver.port}/mixed", b"{}", {})
-    sender.close()
 
     # Then nothing is dialled, not even the public address
     assert excinfo.value.kind is ErrorKind.REFUSED_BY_POLICY
@@ -227,18 +211,17 @@ def test_mixed_answer_is_refused_even_if_the_first_address_is_public(
 
 
 def test_each_new_connection_is_vetted_again(
-    net: FakeNet, named_receiver: Receiver, test_ca: TestCA
+    net: FakeNet, named_receiver: Receiver, make_sender: Callable[..., Sender]
 ) -> None:
     # Given a name allowed to be private, delivered to once
     net.answer(FAKE_HOST, [LOOPBACK])
-    sender = make_sender(test_ca, allow_private=True)
+    sender = make_sender(allow_private=True)
     url = f"https://{FAKE_HOST}:{named_receiver.port}/again"
     sender.post(url, b"{}", {})
 
     # When the pool is dropped and the sender delivers again
     sender.close()
     sender.post(url, b"{}", {})
-    sender.close()
 
     # Then the second connection resolved the name afresh
     assert net.lookups_of(FAKE_HOST) == 2

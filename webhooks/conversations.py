@@ -208,13 +208,15 @@ class ConversationReader(Protocol):
 
 
 class CachedConversations:
-    """A worker process's view of the conversations, at most ``ttl_s`` old.
+    """A process's view of the conversations, at most ``ttl_s`` old.
 
     Reading and parsing the configuration was one Redis round trip of three
     per attempt. With a cache, a changed callback, rotated secret or new limit
     reaches attempts that start up to ``ttl_s`` later (1 s by default);
-    ``ttl_s=0`` reads on every attempt. A missing conversation is never cached,
-    so one registered a moment ago is found at once.
+    ``ttl_s=0`` reads on every attempt. A missing conversation is not cached,
+    so one registered a moment ago is found at once; ``remember_missing``
+    caches that answer too, for a reader that sees many unknown ids and must
+    not pay a round trip for each (the producer's router).
     """
 
     def __init__(
@@ -223,13 +225,15 @@ class CachedConversations:
         *,
         ttl_s: float,
         max_entries: int = 10_000,
+        remember_missing: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self._clock = clock
         self._ttl_s = ttl_s
         self._max_entries = max_entries
-        self._seen: dict[str, tuple[float, Conversation]] = {}
+        self._remember_missing = remember_missing
+        self._seen: dict[str, tuple[float, Conversation | None]] = {}
 
     def get(self, conversation_id: str) -> Conversation | None:
         if self._ttl_s <= 0:
@@ -239,7 +243,7 @@ class CachedConversations:
         if cached is not None and now - cached[0] < self._ttl_s:
             return cached[1]
         found = self.store.get(conversation_id)
-        if found is None:
+        if found is None and not self._remember_missing:
             self._seen.pop(conversation_id, None)
             return None
         if len(self._seen) >= self._max_entries:

@@ -1,4 +1,5 @@
-"""How much work is waiting, read straight from Redis at scrape time."""
+"""The broker queues' names, and how much work is waiting in them (read
+straight from Redis at scrape time)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,26 @@ import redis
 
 from webhooks import keys
 
-__all__ = ["QUEUES", "dead_letter_count", "queue_depths"]
+__all__ = [
+    "QUEUE",
+    "QUEUES",
+    "RELEASED_QUEUE",
+    "SLOW_QUEUE",
+    "dead_letter_count",
+    "queue_depths",
+]
 
+#: Where deliveries are published (Celery's default queue for the app).
+QUEUE = "webhooks"
+#: Deliveries the pump releases from an endpoint's waiting line. Workers
+#: consume it beside QUEUE (kombu alternates between a worker's queues), so a
+#: released delivery does not wait again behind the whole QUEUE backlog.
+RELEASED_QUEUE = "webhooks.released"
+#: Deliveries to endpoints judged slow or failing (tasks/routing.py), served
+#: by workers sized for waiting so they never hold the fast workers' slots.
+SLOW_QUEUE = "webhooks.slow"
 #: Broker queues (kombu keeps each as a Redis list of that name).
-QUEUES = ("webhooks", "webhooks.released", "webhooks.slow")
+QUEUES = (QUEUE, RELEASED_QUEUE, SLOW_QUEUE)
 
 
 def queue_depths(broker: redis.Redis, store: redis.Redis) -> dict[str, int]:

@@ -120,7 +120,9 @@ class Limiter:
     def release_into(
         self, pipe: Pipeline, endpoint: str, token: str, *, hold_s: float = 0.0
     ) -> None:
-        """Queue :meth:`release` on ``pipe``; its last result is the parked count.
+        """Queue freeing the slot on ``pipe``; ``hold_s`` keeps every attempt to
+        the endpoint back. The pipe's last result is how many deliveries are
+        parked for the endpoint.
 
         Without a hold no script is needed: two plain commands do it.
         """
@@ -130,13 +132,3 @@ class Limiter:
         else:
             pipe.zrem(ek.inflight, token)
             pipe.zcard(ek.parked)
-
-    def release(self, endpoint: str, token: str, *, hold_s: float = 0.0) -> int:
-        """Free the slot; ``hold_s`` keeps every attempt to the endpoint back.
-
-        Returns how many deliveries are parked for the endpoint.
-        """
-        parked = self._release(
-            keys=keys.endpoint(endpoint).for_script(), args=[token, math.ceil(hold_s * 1000)]
-        )
-        return int(parked)

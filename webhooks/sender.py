@@ -50,7 +50,6 @@ _TRANSPORT_ERRORS = (
 class SentResponse:
     status: int
     duration_s: float
-    excerpt: str
     #: How the body read ended when it did not end cleanly (a 2xx still
     #: counts as delivered: the receiver had accepted the event).
     body_error: str = ""
@@ -121,9 +120,7 @@ class Sender:
         duration = time.perf_counter() - started
         status = response.status_code
         if 200 <= status < 300:
-            return SentResponse(
-                status=status, duration_s=duration, excerpt=excerpt, body_error=body_error
-            )
+            return SentResponse(status=status, duration_s=duration, body_error=body_error)
         detail = f"receiver answered HTTP {status}"
         if 300 <= status < 400:
             detail += f" (redirects are not followed; location: {response.headers.get('Location')})"

@@ -9,6 +9,7 @@ from typing import Any
 from webhooks import keys
 from webhooks.cli.context import Context, print_json
 from webhooks.health import HealthStore
+from webhooks.queues import QUEUE, SLOW_QUEUE
 
 __all__ = ["add_parser", "run"]
 
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
     rows = [
         {
             "endpoint": h.endpoint,
-            "queue": "webhooks.slow" if h.slow else "webhooks",
+            "queue": SLOW_QUEUE if h.slow else QUEUE,
             "mean_ms": round(h.ewma_ms, 1),
             "recent": h.recent,
             "attempts": h.attempts,

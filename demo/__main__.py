@@ -1,4 +1,4 @@
-"""``python -m webhooks.demo``: the whole pipeline on one machine in about 15 seconds.
+"""``python -m demo``: the whole pipeline on one machine in about 15 seconds.
 
 Starts a Redis (or uses ``WEBHOOKS_REDIS_URL``), a throwaway CA, a local HTTPS
 receiver and a real worker; registers two conversations, publishes sample
@@ -29,13 +29,13 @@ from config.celery_app import app
 from config.settings import DEFAULT_RETRY_SCHEDULE_S, Settings
 from config.wiring import conversation_store
 from tasks import deliver_webhook
+from testing.receiver import ReceivedRequest, Receiver, Respond, TestCA
+from testing.redis_server import RedisServer
+from testing.worker import WorkerProcess
 from webhooks.conversations import ConversationStore
 from webhooks.errors import InvalidEvent
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.store import connect
-from webhooks.testing.receiver import ReceivedRequest, Receiver, Respond, TestCA
-from webhooks.testing.redis_server import RedisServer
-from webhooks.testing.worker import WorkerProcess
 
 __all__ = ["main"]
 

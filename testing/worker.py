@@ -12,14 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from config.settings import child_environment
+from webhooks.queues import QUEUE, RELEASED_QUEUE, SLOW_QUEUE
 
 __all__ = ["ALL_QUEUES", "FAST_QUEUES", "SLOW_QUEUES", "WORKER_ARGS", "WorkerProcess"]
 
 #: The Procfile's worker commands start like this after ``celery``.
 WORKER_ARGS = ("-A", "config.celery_app", "worker")
 #: What the Procfile's ``worker`` and ``worker_slow`` consume.
-FAST_QUEUES = "webhooks,webhooks.released"
-SLOW_QUEUES = "webhooks.slow"
+FAST_QUEUES = f"{QUEUE},{RELEASED_QUEUE}"
+SLOW_QUEUES = SLOW_QUEUE
 #: A test worker that must finish whatever it is given consumes all of them.
 ALL_QUEUES = f"{FAST_QUEUES},{SLOW_QUEUES}"
 

@@ -29,7 +29,8 @@ from testing.redis_server import RedisServer
 from testing.worker import WorkerProcess
 from tests.support import Broker, make_event, registered, unique_path, wait_until
 from webhooks import keys
-from webhooks.outcomes import OutcomeStore
+from webhooks.conversations import ConversationStore
+from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.queues import QUEUE
 
 #: Kombu's Redis transport keeps each message it hands to a worker in this hash
@@ -388,92 +389,83 @@ def test_a_worker_holding_a_retry_survives_a_redis_restart(
 HAND_BACK_SCHEDULE = "5"
 
 
-def test_a_delivery_whose_dead_letter_cannot_be_stored_is_tried_again(
-    broker: Broker,
-    workers: Callable[..., WorkerProcess],
-    receiver: Receiver,
-    producer_settings: Settings,
-) -> None:
-    # Given a worker whose store is a Redis of its own beside the broker, and
-    # a receiver that always fails, with one retry 5 s after the first attempt
-    with RedisServer() as store:
-        client = redis.Redis.from_url(store.url, decode_responses=True, socket_timeout=5)
+@dataclass
+class SeparateStore:
+    """A worker whose store is a Redis of its own beside the broker, so the
+    store can go away while the broker stays."""
+
+    server: RedisServer
+    client: redis.Redis
+    worker: WorkerProcess
+    conversations: ConversationStore
+
+    def outage_until(self, logged: str) -> None:
+        """Stop the store until the worker logs ``logged``; then start it again."""
+        self.server.stop()
+        wait_until(lambda: logged in self.worker.output(), timeout=30, what=repr(logged))
+        self.server.start()  # same port, same AOF
+
+    def wait_outcome(self, webhook_id: str) -> Outcome:
+        outcomes = OutcomeStore(self.client, retention_s=60)
+        return wait_until(lambda: outcomes.get(webhook_id), 30, f"an outcome for {webhook_id}")
+
+
+@pytest.fixture
+def separate_store(
+    broker: Broker, workers: Callable[..., WorkerProcess], producer_settings: Settings
+) -> Iterator[SeparateStore]:
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=5)
         worker = workers(
-            "store-down",
-            WEBHOOKS_REDIS_URL=store.url,
+            "separate-store",
+            WEBHOOKS_REDIS_URL=server.url,
             WEBHOOKS_BROKER_URL=broker.server.url,
             WEBHOOKS_RETRY_SCHEDULE=HAND_BACK_SCHEDULE,
         )
-        path = unique_path()
-        cid, _ = registered(conversation_store(client, producer_settings), receiver, path)
-        receiver.always(path, Respond(500))
-        result = deliver_webhook.delay(make_event(cid))
-        receiver.wait_for(1, path)
-
-        # When the store goes away during the countdown, so that the last
-        # attempt fails and its dead letter cannot be stored, and comes back
-        store.stop()
-        wait_until(
-            lambda: "dead letter could not be stored; trying it again" in worker.output(),
-            timeout=30,
-            what="the worker gives up on the last attempt",
-        )
-        store.start()  # same port, same AOF
-
-        # Then the delivery was not acknowledged and forgotten: it is tried
-        # again and, failing again, kept as a dead letter
-        outcome = wait_until(
-            lambda: OutcomeStore(client, retention_s=60).get(result.id),
-            timeout=30,
-            what="the dead letter's outcome",
-        )
-        assert (outcome.state, outcome.status, outcome.attempts) == ("failed", 500, 2)
-        assert client.exists(keys.dead_letter(result.id))
-        assert len(receiver.received(path)) == 2
+        yield SeparateStore(server, client, worker, conversation_store(client, producer_settings))
         client.close()
+
+
+def test_a_delivery_whose_dead_letter_cannot_be_stored_is_tried_again(
+    separate_store: SeparateStore, receiver: Receiver
+) -> None:
+    # Given a receiver that always fails, with one retry 5 s after the first attempt
+    path = unique_path()
+    cid, _ = registered(separate_store.conversations, receiver, path)
+    receiver.always(path, Respond(500))
+    result = deliver_webhook.delay(make_event(cid))
+    receiver.wait_for(1, path)
+
+    # When the store goes away during the countdown, so that the last
+    # attempt fails and its dead letter cannot be stored, and comes back
+    separate_store.outage_until("dead letter could not be stored; trying it again")
+
+    # Then the delivery was not acknowledged and forgotten: it is tried
+    # again and, failing again, kept as a dead letter
+    outcome = separate_store.wait_outcome(result.id)
+    assert (outcome.state, outcome.status, outcome.attempts) == ("failed", 500, 2)
+    assert separate_store.client.exists(keys.dead_letter(result.id))
+    assert len(receiver.received(path)) == 2
 
 
 def test_a_delivery_whose_outcome_cannot_be_recorded_is_sent_again(
-    broker: Broker,
-    workers: Callable[..., WorkerProcess],
-    receiver: Receiver,
-    producer_settings: Settings,
+    separate_store: SeparateStore, receiver: Receiver
 ) -> None:
-    # Given a worker whose store is a Redis of its own beside the broker, and
-    # a receiver that answers 200 after 1 s (the read timeout is 2 s)
-    with RedisServer() as store:
-        client = redis.Redis.from_url(store.url, decode_responses=True, socket_timeout=5)
-        worker = workers(
-            "unrecorded",
-            WEBHOOKS_REDIS_URL=store.url,
-            WEBHOOKS_BROKER_URL=broker.server.url,
-            WEBHOOKS_RETRY_SCHEDULE=HAND_BACK_SCHEDULE,
-        )
-        path = unique_path()
-        cid, _ = registered(conversation_store(client, producer_settings), receiver, path)
-        receiver.always(path, Respond(200, delay_s=1))
-        result = deliver_webhook.delay(make_event(cid))
+    # Given a receiver that answers 200 after 1 s (the read timeout is 2 s)
+    path = unique_path()
+    cid, _ = registered(separate_store.conversations, receiver, path)
+    receiver.always(path, Respond(200, delay_s=1))
+    result = deliver_webhook.delay(make_event(cid))
 
-        # When the store goes away while the receiver takes its time, so the
-        # 2xx cannot be recorded, and comes back
-        receiver.wait_for(1, path)
-        store.stop()
-        wait_until(
-            lambda: "could not be recorded; made again" in worker.output(),
-            timeout=30,
-            what="the worker hands the delivery back",
-        )
-        store.start()  # same port, same AOF
+    # When the store goes away while the receiver takes its time, so the
+    # 2xx cannot be recorded, and comes back
+    receiver.wait_for(1, path)
+    separate_store.outage_until("could not be recorded; made again")
 
-        # Then the event is not left delivered without a record: it is sent
-        # again, under the same webhook-id and attempt number, and recorded
-        outcome = wait_until(
-            lambda: OutcomeStore(client, retention_s=60).get(result.id),
-            timeout=30,
-            what="the delivery's outcome",
-        )
-        assert (outcome.state, outcome.status, outcome.attempts) == ("delivered", 200, 1)
-        first, second = receiver.received(path)
-        assert first.headers["webhook-id"] == second.headers["webhook-id"] == result.id
-        assert first.headers["x-webhook-attempt"] == second.headers["x-webhook-attempt"] == "1"
-        client.close()
+    # Then the event is not left delivered without a record: it is sent
+    # again, under the same webhook-id and attempt number, and recorded
+    outcome = separate_store.wait_outcome(result.id)
+    assert (outcome.state, outcome.status, outcome.attempts) == ("delivered", 200, 1)
+    first, second = receiver.received(path)
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == result.id
+    assert first.headers["x-webhook-attempt"] == second.headers["x-webhook-attempt"] == "1"

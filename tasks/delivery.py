@@ -7,9 +7,12 @@ makes it a reliable delivery lives in :class:`DeliveryTask`:
   the caller's ``ValueError`` and nothing is published;
 * ``retry`` supplies the countdown sequence (``WEBHOOKS_RETRY_SCHEDULE``)
   for ``autoretry_for`` and sizes the retry budget from it;
-* ``on_failure`` turns the last failure, of whatever kind, into a dead letter;
-* :class:`DeliveryRequest` does the same when Celery's hard time limit ends
-  an attempt, which Celery itself would acknowledge and forget.
+* ``__call__`` turns the last failure, of whatever kind, into a dead letter
+  before the message is acknowledged, and hands back a delivery whose end
+  could not be recorded;
+* :class:`tasks.request.DeliveryRequest` retries or dead-letters when
+  Celery's hard time limit ends an attempt, and keeps a delivery cancelled
+  on a connection loss unacknowledged.
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown, worker_shutdown
-from celery.worker import state as worker_state
-from celery.worker.request import Request, task_ready
+from celery.worker.request import Request
 
 from config import wiring
 from config.celery_app import WebhooksCelery, app
@@ -44,59 +46,9 @@ from webhooks.queues import SLOW_QUEUE
 from webhooks.signing import new_webhook_id
 from webhooks.urlpolicy import check_url
 
-__all__ = ["DeliveryRequest", "DeliveryTask", "deliver_webhook"]
+__all__ = ["DeliveryTask", "deliver_webhook"]
 
 log = logging.getLogger(__name__)
-
-
-class DeliveryRequest(Request):  # type: ignore[misc]
-    """A hard time limit retries or dead-letters the delivery before the ack.
-
-    Celery's own handler acknowledges a task killed by the hard limit
-    without calling ``on_failure``: the event would end neither delivered
-    nor dead-lettered. The sender's deadline keeps attempts far below the
-    limit, so this is the safety net for what it cannot cut (a resolver
-    that hangs, a starved process). Runs in the worker's main process.
-    """
-
-    task: DeliveryTask
-
-    def acknowledge(self) -> None:
-        """Never acknowledge a delivery Celery cancelled on a broker connection loss.
-
-        On a connection loss Celery cancels every running late-ack task. The
-        gevent pool ends a cancelled task with ``GreenletExit`` and reports it
-        as a *success*, so Celery acknowledges it. redis-py retries that ack
-        until Redis is back, and the message leaves kombu's ``unacked`` hash
-        before the reclaim (``tasks/reclaim.py``) can hand it out again: the
-        event would be neither delivered nor dead-lettered. Left
-        unacknowledged, it is redelivered with the rest of what the lost
-        connection held. The prefork pool reports a cancelled task as
-        ``Terminated`` and never gets here.
-        """
-        if self._already_cancelled:
-            log.warning(
-                "delivery %s was cancelled by a broker connection loss; "
-                "left unacknowledged to be delivered again",
-                self.id,
-            )
-            return
-        super().acknowledge()
-
-    def on_timeout(self, soft: bool, timeout: float) -> None:
-        if soft or worker_state.should_terminate:
-            super().on_timeout(soft, timeout)
-            return
-        try:
-            self.task.after_hard_limit(self, timeout)
-        except Exception:
-            # Neither a retry nor a dead letter could be stored: hand the
-            # message back to the broker rather than acknowledge it.
-            log.exception("delivery %s passed the hard time limit; requeueing it", self.id)
-            task_ready(self)
-            self.reject(requeue=True)
-            return
-        super().on_timeout(soft, timeout)
 
 
 class DeliveryTask(Task):  # type: ignore[misc]
@@ -227,32 +179,30 @@ class DeliveryTask(Task):  # type: ignore[misc]
         away), the body can still hand the delivery back instead of letting
         Celery acknowledge it. So is a 2xx whose outcome could not be stored.
         """
-        given = {"event": args[0] if args else None, **kwargs}
         try:
             return super().__call__(*args, **kwargs)
         except (Retry, Reject, Ignore):
             raise
-        except OutcomeNotRecorded as exc:
+        except Exception as exc:
+            given = {"event": args[0] if args else None, **kwargs}
             request = self.request
             delivery = Delivery.from_task(given, retries=request.retries, task_id=request.id)
-            raise self._hand_back(delivery) from exc
-        except Exception as exc:
-            self._give_up(given, exc)
+            if isinstance(exc, OutcomeNotRecorded):
+                raise self._hand_back(delivery) from exc
+            self._give_up(delivery, exc, event=given["event"])
             raise
 
-    def _give_up(self, given: dict[str, Any], exc: Exception) -> None:
+    def _give_up(self, delivery: Delivery, exc: Exception, *, event: Any) -> None:
         """Keep the failed delivery as a dead letter, or hand it back to the broker."""
-        request = self.request
-        delivery = Delivery.from_task(given, retries=request.retries, task_id=request.id)
         try:
-            _dead_letter(self.deliverer, delivery, exc, event=given["event"])
+            _dead_letter(self.deliverer, delivery, exc, event=event)
         except Exception as unstored:
             log.exception(
                 "delivery %s failed and its dead letter could not be stored; trying it again",
                 delivery.webhook_id,
             )
             raise self._hand_back(delivery) from unstored
-        request.dead_lettered = True
+        self.request.dead_lettered = True
 
     def _hand_back(self, delivery: Delivery) -> Ignore | Reject:
         """What ends a delivery whose end could not be recorded, unacknowledged.
@@ -310,7 +260,7 @@ class DeliveryTask(Task):  # type: ignore[misc]
     autoretry_for=(RetryableDeliveryError, SoftTimeLimitExceeded),
     throws=(DeliveryError,),
     acks_late=True,
-    Request="tasks.delivery:DeliveryRequest",
+    Request="tasks.request:DeliveryRequest",
 )
 def deliver_webhook(
     self: DeliveryTask,

@@ -413,54 +413,49 @@ def test_429_retry_after_is_honoured_without_using_the_retry_budget(
     assert len(receiver.received(path)) == 5
 
 
-def test_endless_429_fails_as_rate_limited_after_the_longest_wait(
-    broker: Broker, workers: Callable[..., list[WorkerProcess]], receiver: Receiver
+@pytest.mark.parametrize(
+    "case",
+    [
+        # Deliveries may wait 3 s in all on 429s: after waiting 1 + 1 + 1 s,
+        # the 4th 429 fails it as rate limited (429s use no retry budget).
+        pytest.param((429, {"WEBHOOKS_MAX_RATE_LIMITED_WAIT_S": "3"}, "rate_limited"), id="429"),
+        # A retry budget of 3 with 0.2 s countdowns: each retry waits out the
+        # Retry-After, not the countdown, and the budget runs out after 4.
+        pytest.param(
+            (503, {"WEBHOOKS_RETRY_SCHEDULE": "0.2,0.2,0.2"}, "http_5xx"), id="503-uses-the-budget"
+        ),
+    ],
+)
+def test_an_endless_retry_after_ends_in_a_dead_letter_after_four_held_attempts(
+    broker: Broker,
+    workers: Callable[..., list[WorkerProcess]],
+    receiver: Receiver,
+    case: tuple[int, dict[str, str], str],
 ) -> None:
-    # Given deliveries may wait 3 s in all on 429s, and an endpoint that
-    # always answers 429 with Retry-After: 1
-    workers(2, concurrency=1, WEBHOOKS_MAX_RATE_LIMITED_WAIT_S="3")
+    # Given an endpoint that always answers the status with Retry-After: 1
+    status, settings, error_kind = case
+    workers(2, concurrency=1, **settings)
     path = unique_path()
     cid, _ = registered(broker.conversations, receiver, path)
-    receiver.always(path, Respond(429, headers={"Retry-After": "1"}))
+    receiver.always(path, Respond(status, headers={"Retry-After": "1"}))
 
     # When an event is published
     webhook_id = deliver_webhook.delay(make_event(cid)).id
 
-    # Then after waiting 1 + 1 + 1 s, the 4th 429 fails it as rate limited,
-    # kept as a dead letter
+    # Then it fails after 4 attempts, kept as a dead letter of the right kind
     outcome = broker.wait_outcome(webhook_id, timeout=30)
-    assert (outcome.state, outcome.status, outcome.error_kind) == ("failed", 429, "rate_limited")
+    assert (outcome.state, outcome.status, outcome.error_kind) == ("failed", status, error_kind)
     assert outcome.attempts == 4
     assert webhook_id in broker.outcomes.dead_letter_ids()
     requests = receiver.received(path)
     assert [r.headers["x-webhook-attempt"] for r in requests] == ["1", "2", "3", "4"]
-    wait_settled(broker, [endpoint_of(receiver, path)])
-    assert len(receiver.received(path)) == 4
 
-
-def test_503_retry_after_holds_the_endpoint_and_uses_the_budget(
-    broker: Broker, workers: Callable[..., list[WorkerProcess]], receiver: Receiver
-) -> None:
-    # Given a retry budget of 3 with 0.2 s countdowns, and an endpoint that
-    # always answers 503 with Retry-After: 1
-    workers(2, concurrency=1, WEBHOOKS_RETRY_SCHEDULE="0.2,0.2,0.2")
-    path = unique_path()
-    cid, _ = registered(broker.conversations, receiver, path)
-    receiver.always(path, Respond(503, headers={"Retry-After": "1"}))
-
-    # When an event is published
-    webhook_id = deliver_webhook.delay(make_event(cid)).id
-
-    # Then each retry waits out the Retry-After, not the 0.2 s countdown, and
-    # the budget runs out after 4 attempts: a dead letter
-    outcome = broker.wait_outcome(webhook_id, timeout=30)
-    assert (outcome.state, outcome.status, outcome.error_kind) == ("failed", 503, "http_5xx")
-    assert outcome.attempts == 4
-    requests = receiver.received(path)
-    assert [r.headers["x-webhook-attempt"] for r in requests] == ["1", "2", "3", "4"]
+    # And each attempt came no sooner than the Retry-After
     times = [r.received_at for r in requests]
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert all(gap >= 1.0 - REDIS_MS for gap in gaps), gaps
+    wait_settled(broker, [endpoint_of(receiver, path)])
+    assert len(receiver.received(path)) == 4
 
 
 # --- a burst ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import ipaddress
 import re
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import idna
 
@@ -43,7 +43,7 @@ def normalize_endpoint(url: str) -> str:
 
 
 def _host(hostname: str) -> str:
-    host = unquote(hostname).lower().rstrip(".")
+    host = _ESCAPE.sub(_unescape_unreserved, hostname).lower().rstrip(".")
     try:
         return f"[{ipaddress.IPv6Address(host.split('%', 1)[0])}]"
     except ValueError:
@@ -68,6 +68,11 @@ def _path(path: str) -> str:
     return "/" + "/".join(segments)
 
 
+def _unescape_unreserved(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else match.group(0).upper()
+
+
 def _canonical_escapes(path: str) -> str:
     """Decode escaped unreserved characters, uppercase other escapes, escape the rest."""
     out: list[str] = []
@@ -75,8 +80,7 @@ def _canonical_escapes(path: str) -> str:
     while i < len(path):
         match = _ESCAPE.match(path, i)
         if match:
-            char = chr(int(match.group(1), 16))
-            out.append(char if char in _UNRESERVED else match.group(0).upper())
+            out.append(_unescape_unreserved(match))
             i = match.end()
             continue
         char = path[i]

@@ -58,6 +58,9 @@ class Raw:
     interval_s: float = 0.0
     then: Literal["close", "hang"] = "close"
     head: bytes = b""  # written at once before ``data``
+    #: ``data`` is written this many times: hundreds of MiB streamed from a
+    #: small buffer, for answers too large to hold.
+    repeat: int = 1
 
 
 def http_head(
@@ -247,11 +250,12 @@ class Receiver:
                 try:
                     if raw.head:
                         self.wfile.write(raw.head)
-                    for start in range(0, len(raw.data), step):
-                        if start and raw.interval_s and receiver._stopping.wait(raw.interval_s):
-                            return
-                        self.wfile.write(raw.data[start : start + step])
-                        self.wfile.flush()
+                    for _ in range(raw.repeat):
+                        for start in range(0, len(raw.data), step):
+                            if start and raw.interval_s and receiver._stopping.wait(raw.interval_s):
+                                return
+                            self.wfile.write(raw.data[start : start + step])
+                            self.wfile.flush()
                     if raw.then == "hang":
                         receiver._stopping.wait(3600)
                 except OSError:

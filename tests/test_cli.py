@@ -13,12 +13,13 @@ import pytest
 import redis
 
 from tasks import deliver_webhook
-from testing.receiver import Receiver
+from testing.receiver import Receiver, Respond
 from testing.redis_server import RedisServer
 from testing.worker import WorkerProcess
 from tests.support import make_event, registered, unique_path, wait_until
 from webhooks import keys
 from webhooks.cli import EXIT_INVALID, EXIT_NOT_FOUND, main
+from webhooks.cli.terminal import printable
 from webhooks.conversations import ConversationStore
 from webhooks.endpoints import normalize_endpoint
 from webhooks.health import HealthPolicy, HealthStore
@@ -238,3 +239,72 @@ def test_endpoints_lists_an_endpoint_after_a_real_delivery(
     assert (row["queue"], row["recent"], row["attempts"]) == (QUEUE, "o", 1)
     assert (row["in_window"], row["in_flight"], row["parked"]) == (1, 0, 0)
     assert 0 < float(str(row["mean_ms"])) < 5000
+
+
+# --- human output is safe for a terminal ----------------------------------------
+
+#: What a hostile receiver writes: clear the screen, retitle the window, a C1
+#: CSI (one byte in Latin-1, two in UTF-8), a bidi override and a line break.
+HOSTILE = "\x1b[2J\x1b]0;owned\x07\x9b31m\u202eevil\r\nforged row\x7f"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain text, ünïcödé, 日本", "plain text, ünïcödé, 日本"),
+        ("\x1b[31mred", "\\x1b[31mred"),
+        ("\x9b31m", "\\x9b31m"),
+        ("a\x00b\x7fc", "a\\x00b\\x7fc"),
+        ("line\r\nbreak\tand tab", "line\\x0d\\x0abreak\\x09and tab"),
+        ("\u202eevil\u2028", "\\u202eevil\\u2028"),
+    ],
+)
+def test_printable_shows_control_characters_as_escapes(text: str, shown: str) -> None:
+    assert printable(text) == shown
+
+
+def test_log_and_dead_list_escape_what_a_receiver_wrote_json_stays_exact(
+    capsys: pytest.CaptureFixture[str],
+    worker: WorkerProcess,
+    receiver: Receiver,
+    conversations: ConversationStore,
+    wait_outcome: Callable[..., Outcome],
+) -> None:
+    # Given a receiver that answers every attempt with a redirect whose
+    # Location and body carry terminal escape sequences
+    path = unique_path()
+    cid, _ = registered(conversations, receiver, path)
+    # (a header is Latin-1 and one line: no bidi override, no CR LF there)
+    location = "https://evil.example/\x1b[2J\x1b]0;owned\x07\x9b31m\x7f"
+    receiver.always(
+        path,
+        Respond(307, body=HOSTILE.encode("utf-8"), headers={"Location": location}),
+    )
+    # When an event uses up its retries
+    result = deliver_webhook.delay(make_event(cid))
+    assert wait_outcome(result.id).state == "failed"
+    message_id = receiver.received(path)[0].headers["webhook-id"]
+    event_id = json.loads(receiver.received(path)[0].body)["data"]["id"]
+    assert message_id == result.id
+
+    # Then the plain-text log and dead-letter list carry no control character
+    # but show the escapes, one line per record
+    code, log_out, _ = run(capsys, "log", "--message-id", event_id)
+    assert code == 0
+    code, dead_out, _ = run(capsys, "dead", "list")
+    assert code == 0
+    dead_lines = [line for line in dead_out.splitlines() if result.id in line]
+    assert len(dead_lines) == 1
+    for out in (log_out, dead_lines[0]):
+        assert all(c == "\n" or c.isprintable() for c in out), repr(out)
+        assert "\\x1b]0;owned\\x07" in out
+    assert len(log_out.splitlines()) == 2 + 4  # header, rule, four attempts
+
+    # And the JSON output keeps the receiver's exact text
+    code, out, _ = run(capsys, "log", "--message-id", event_id, "--json")
+    records = json.loads(out)
+    assert {r["response_excerpt"] for r in records} == {HOSTILE}
+    assert all(location in r["error"] for r in records)
+    code, out, _ = run(capsys, "dead", "list", "--json")
+    (letter,) = [d for d in json.loads(out) if d["webhook_id"] == result.id]
+    assert location in letter["outcome"]["error"]

@@ -272,7 +272,13 @@ def test_stored_under_the_shared_key_prefix(
 
 @pytest.mark.parametrize(
     "url",
-    ["https://127.0.0.1/", "https://10.0.0.7/webhook", "https://[::1]:8443/webhook"],
+    [
+        "https://127.0.0.1/",
+        "https://10.0.0.7/webhook",
+        "https://[::1]:8443/webhook",
+        "https://①②⑦.0.0.1/",  # 127.0.0.1 once IDNA-normalised
+        "https://[fec0::1]/webhook",  # site-local; "global" to Python 3.11.7
+    ],
 )
 def test_strict_store_refuses_private_addresses_at_registration(
     redis_client: redis.Redis, url: str

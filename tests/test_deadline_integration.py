@@ -64,7 +64,7 @@ def attempts(broker: Broker, message_id: str) -> list[AttemptRecord]:
 
 #: A 200 whose body then breaks, and what its attempt record says about it.
 BROKEN_2XX = {
-    "/stalled": (STALLED_BODY, "Read timed out"),
+    "/stalled": (STALLED_BODY, "body read failed after 7 bytes: TimeoutError"),
     "/cut": (CUT_BODY, "body read failed after 7 bytes"),
     "/trickled": (TRICKLED_BODY, "body not complete within the 1.5 s deadline"),
 }

@@ -24,7 +24,7 @@ from webhooks.endpoints import endpoint_tag, normalize_endpoint
             "https://example.com:8443/hook", "https://example.com:8443/hook", id="explicit-port"
         ),
         pytest.param(
-            "https://example.com/Hooks/A/", "https://example.com:443/Hooks/A/", id="path-kept"
+            "https://example.com/Hooks/A/", "https://example.com:443/Hooks/A", id="path-kept"
         ),
         pytest.param("https://example.com", "https://example.com:443/", id="empty-path-is-root"),
         pytest.param(
@@ -48,6 +48,45 @@ def test_normalize_endpoint(url: str, expected: str) -> None:
     # Given a callback URL as a conversation may register it
     # When it is normalized
     # Then it is scheme://host:port/path, lowercased, with an explicit port
+    assert normalize_endpoint(url) == expected
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param("https://example.com./hooks/a", id="trailing-dot-in-host"),
+        pytest.param("https://example.com/hooks/a/", id="trailing-slash"),
+        pytest.param("https://example.com//hooks//a", id="double-slashes"),
+        pytest.param("https://example.com/%68ooks/%61", id="escaped-letters"),
+        pytest.param("https://example.com/hooks/%2d/../a", id="escaped-dash-and-dot-segments"),
+        pytest.param("https://example.com/hooks/./a", id="dot-segment"),
+        pytest.param("https://EXAMPLE.com:443/hooks/a", id="host-case-and-default-port"),
+        pytest.param("https://%65xample.com/hooks/a", id="escaped-host"),
+    ],
+)
+def test_other_spellings_of_one_url_are_one_endpoint(spelling: str) -> None:
+    """Each spelling used to be an endpoint of its own, with its own rate-limit budget."""
+    assert normalize_endpoint(spelling) == normalize_endpoint("https://example.com/hooks/a")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        pytest.param(
+            "https://example.com/a%2fb", "https://example.com:443/a%2Fb", id="reserved-kept-escaped"
+        ),
+        pytest.param(
+            "https://example.com/h\u00e9", "https://example.com:443/h%C3%A9", id="non-ascii-escaped"
+        ),
+        pytest.param(
+            "https://B\u00fccher.example/", "https://xn--bcher-kva.example:443/", id="idna-host"
+        ),
+        pytest.param(
+            "https://[2001:0DB8:0::1]/", "https://[2001:db8::1]:443/", id="ipv6-compressed"
+        ),
+    ],
+)
+def test_paths_and_hosts_take_one_canonical_form(url: str, expected: str) -> None:
     assert normalize_endpoint(url) == expected
 
 

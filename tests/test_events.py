@@ -430,3 +430,37 @@ def test_parsed_event_is_immutable() -> None:
     # Then it refuses, so the signed body cannot drift from the validated one
     with pytest.raises(ValueError, match="frozen"):
         parsed.data.content = "changed"  # type: ignore[misc]
+
+
+def nested(levels: int) -> dict[str, Any]:
+    """A metadata object ``levels`` objects deep: {"a": {"a": ... {}}}."""
+    root: dict[str, Any] = {}
+    current = root
+    for _ in range(levels - 1):
+        current["a"] = {}
+        current = current["a"]
+    return root
+
+
+def test_metadata_up_to_the_depth_cap_is_accepted() -> None:
+    # Given metadata exactly 32 levels deep, mixing objects and lists
+    metadata = nested(31)
+    metadata["list"] = [nested(30)]
+    # When it is parsed and serialized
+    body = body_of(text_event(metadata=metadata))
+    # Then it goes out unchanged
+    assert body["data"]["metadata"] == metadata
+
+
+@pytest.mark.parametrize("levels", [33, 300, 5000])
+def test_metadata_nested_deeper_than_the_cap_is_an_invalid_event(levels: int) -> None:
+    """Deep nesting used to pass validation and fail at apply_async with
+    PydanticSerializationError (about 255 levels) instead of InvalidEvent."""
+    # Given metadata nested deeper than 32 levels
+    event = text_event(metadata=nested(levels))
+    # When it is validated
+    with pytest.raises(InvalidEvent) as excinfo:
+        event_body(parse_event(event))
+    # Then the problem names the field and the cap
+    assert problem_paths(excinfo) == ["data.metadata"]
+    assert "deeper than 32 levels" in str(excinfo.value)

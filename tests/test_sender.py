@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import http.client
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -210,14 +216,14 @@ def test_large_response_body_is_not_read_fully(
     size = 1024 * 1024
     receiver.script(path, [Respond(200, body=b"x" * size)])
     consumed: list[int] = []
-    real_read = HTTPResponse.read1
+    real_read = http.client.HTTPResponse.read1
 
-    def counting_read(self: HTTPResponse, *args: Any, **kwargs: Any) -> bytes:
+    def counting_read(self: http.client.HTTPResponse, *args: Any, **kwargs: Any) -> bytes:
         data = real_read(self, *args, **kwargs)
         consumed.append(len(data))
         return data
 
-    monkeypatch.setattr(HTTPResponse, "read1", counting_read)
+    monkeypatch.setattr(http.client.HTTPResponse, "read1", counting_read)
 
     # When posted
     response = sender.post(receiver.url(path), b"{}", {})
@@ -547,6 +553,145 @@ def test_a_compressed_error_answer_is_shown_undecoded(
 
     # Then the error's excerpt names the encoding instead of showing the bytes
     assert (error.status, error.response_excerpt) == (503, "[gzip-encoded body, not decoded]")
+
+
+# --- hostile receivers: bounded memory whatever urllib3 does ---------------------
+
+#: Runs one sender in a process of its own and reports its peak RSS growth:
+#: VmHWM after a warm-up POST (TLS, requests and urllib3 all loaded), then
+#: after the hostile one.
+_MEMORY_PROBE = """
+import json, sys
+from webhooks.errors import DeliveryError
+from webhooks.sender import Sender
+
+def peak_kib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
+ca, warm_url, hostile_url = sys.argv[1:4]
+sender = Sender(connect_timeout_s=2, read_timeout_s=float(sys.argv[4]), allow_private=True,
+                ca_bundle=ca, user_agent="probe")
+sender.post(warm_url, b"{}", {})
+before = peak_kib()
+try:
+    response = sender.post(hostile_url, b"{}", {})
+    outcome = {"status": response.status, "excerpt": response.excerpt,
+               "body_error": response.body_error}
+except DeliveryError as exc:
+    outcome = {"kind": str(exc.kind), "status": exc.status, "error": str(exc)}
+outcome["growth_kib"] = peak_kib() - before
+print(json.dumps(outcome))
+"""
+
+
+def probe_memory(
+    receiver: Receiver, test_ca: TestCA, path: str, *, read_timeout_s: float = 5.0
+) -> dict[str, Any]:
+    """Post once to ``path`` from a fresh process; its outcome and peak memory growth."""
+    warm = f"/warm/{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _MEMORY_PROBE,
+            str(test_ca.pem_path),
+            receiver.url(warm),
+            receiver.url(path),
+            str(read_timeout_s),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome: dict[str, Any] = json.loads(done.stdout)
+    return outcome
+
+
+def gzip_of(chunks: Iterator[bytes]) -> bytes:
+    """gzip ``chunks`` as they come, never holding the whole input."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return b"".join([*(packer.compress(c) for c in chunks), packer.flush()])
+
+
+MIB = 1024 * 1024
+#: How much a hostile answer may grow the sender's peak memory: generous,
+#: since one 64 KiB excerpt is all it should cost.
+MAX_GROWTH_KIB = 50 * 1024
+
+
+def test_a_double_gzip_bomb_is_not_decoded_and_memory_stays_flat(
+    receiver: Receiver, test_ca: TestCA, path: str
+) -> None:
+    """urllib3 2.5.0 decoded "gzip, gzip" whole before the cap: 1 GiB for 980 bytes."""
+    # Given a receiver answering 500 with 1 GiB of zeros gzipped twice (a few KiB)
+    inner = gzip_of(b"\0" * MIB for _ in range(1024))
+    bomb = gzip_of(iter([inner]))
+    assert len(bomb) < 64 * 1024
+    head = http_head(500, {"Content-Encoding": "gzip, gzip"}, content_length=len(bomb))
+    receiver.script(path, [Raw(bomb, head=head)])
+
+    # When a sender in its own process posts to it
+    outcome = probe_memory(receiver, test_ca, path)
+
+    # Then the attempt is an ordinary 5xx, the body undecoded, memory flat
+    assert (outcome["kind"], outcome["status"]) == ("http_5xx", 500), outcome
+    assert outcome["growth_kib"] < MAX_GROWTH_KIB, outcome
+
+
+def test_a_300_mib_chunk_size_line_is_refused_and_memory_stays_flat(
+    receiver: Receiver, test_ca: TestCA, path: str
+) -> None:
+    """urllib3 2.5.0 read a chunk-size line with an unbounded readline: +607 MiB."""
+    # Given a receiver answering 500, chunked, whose first chunk-size line is
+    # 300 MiB of hex digits (streamed, never held)
+    head = http_head(500, {"Transfer-Encoding": "chunked"})
+    receiver.script(path, [Raw(b"f" * MIB, head=head, repeat=300)])
+
+    # When a sender in its own process posts to it
+    outcome = probe_memory(receiver, test_ca, path)
+
+    # Then the attempt is a 5xx whose body read failed on the line, memory flat
+    assert (outcome["kind"], outcome["status"]) == ("http_5xx", 500), outcome
+    assert "body read failed" in outcome["error"], outcome
+    assert outcome["growth_kib"] < MAX_GROWTH_KIB, outcome
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(Respond(500, body=b"plain apology"), id="length"),
+        pytest.param(
+            Raw(
+                b"d\r\nplain apology\r\n0\r\n\r\n",
+                head=http_head(500, {"Transfer-Encoding": "chunked"}),
+            ),
+            id="chunked",
+        ),
+    ],
+)
+def test_bodies_are_read_without_urllib3s_body_reader(
+    receiver: Receiver, sender: Sender, path: str, monkeypatch: pytest.MonkeyPatch, answer: Any
+) -> None:
+    """What urllib3's reader does differs by release; the sender must not depend on it."""
+
+    # Given a urllib3 whose every body-reading method fails the test if used
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the body was read through urllib3")
+
+    for name in ("read", "read1", "read_chunked", "stream", "_raw_read", "_fp_read"):
+        monkeypatch.setattr(HTTPResponse, name, forbidden)
+    receiver.script(path, [answer])
+
+    # When posted
+    error = post_failing(sender, receiver.url(path))
+
+    # Then the excerpt was still read
+    assert (error.kind, error.response_excerpt) == (ErrorKind.HTTP_5XX, "plain apology")
 
 
 @pytest.mark.parametrize(

@@ -208,6 +208,20 @@ def test_http_callback_is_refused_at_publish() -> None:
         deliver_webhook.delay(make_event(), callback_url="http://example.com/hook")
 
 
+@pytest.mark.parametrize("url", ["https://①②⑦.0.0.1/hook", "https://[fec0::1]/hook"])
+def test_a_disguised_private_callback_is_refused_at_publish(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """Both passed delay() before and failed later, at every attempt."""
+    # Given a producer with the production address policy
+    strict = deliver_webhook.app.settings.model_copy(update={"allow_private_networks": False})
+    monkeypatch.setattr(deliver_webhook.app, "settings", strict)
+    # When publishing to a private address spelt in a form Python's tables or
+    # a plain parse miss, then it is refused right there
+    with pytest.raises(PolicyRefusal, match="not a public address"):
+        deliver_webhook.delay(make_event(), callback_url=url)
+
+
 def test_worker_refuses_private_addresses_by_default(
     start_worker: Callable[..., WorkerProcess],
     receiver: Receiver,

@@ -163,6 +163,37 @@ def test_literal_public_ip_passes_without_any_lookup(monkeypatch: pytest.MonkeyP
     assert named.host == "localhost"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://①②⑦.0.0.1/hook",  # enclosed digits: 127.0.0.1 after IDNA
+        "https://\uff11\uff12\uff17.\uff10.\uff10.\uff11/hook",  # fullwidth digits
+        "https://%31%32%37.0.0.1/hook",  # percent-encoded
+        "https://127.0.0.1./hook",  # trailing dot
+        "https://2130706433/hook",  # one number, as inet_aton reads it
+        "https://0x7f.1/hook",
+        "https://[64:ff9b::7f00:1]/hook",  # NAT64 of loopback
+    ],
+)
+def test_other_spellings_of_a_private_address_are_refused_at_the_check(url: str) -> None:
+    """Before, these passed check_url and failed later, at each attempt."""
+    with pytest.raises(PolicyRefusal, match="not a public address"):
+        check_url(url, allow_http=False, allow_private=False)
+
+
+def test_an_international_host_name_is_checked_in_its_ascii_form() -> None:
+    checked = check_url("https://Bücher.example/hook", allow_http=False, allow_private=False)
+    assert checked.host == "xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize("url", ["https://⑧.⑧.⑧.⑧/hook", "https://a\u200db.example/hook"])
+def test_a_host_the_sender_could_not_parse_is_invalid_at_once(url: str) -> None:
+    # Given a host name that IDNA maps but the sender's URL parser refuses
+    # Then it is refused at the check, not retried at every attempt
+    with pytest.raises(InvalidConfiguration, match="callback_url"):
+        check_url(url, allow_http=False, allow_private=False)
+
+
 # --- is_public_address ----------------------------------------------------------
 
 
@@ -195,6 +226,23 @@ def test_literal_public_ip_passes_without_any_lookup(monkeypatch: pytest.MonkeyP
         "2002:a00:1::",  # 6to4 of 10.0.0.1
         "2001:db8::1",  # documentation
         "192.0.2.1",
+        # Python 3.11.7's ipaddress calls these three global:
+        "192.0.0.192",  # IETF protocol assignments
+        "fec0::1",  # site-local
+        "3fff::1",  # documentation (RFC 9637)
+        "192.0.0.9",
+        "198.18.0.1",  # benchmarking
+        "198.51.100.7",
+        "203.0.113.9",
+        "192.88.99.1",  # 6to4 relay anycast
+        "5f00::1",  # SRv6
+        "100::1",  # discard-only
+        "4000::1",  # outside 2000::/3: unassigned
+        "::7f00:1",  # IPv4-compatible (deprecated)
+        "64:ff9b::127.0.0.1",  # NAT64 of loopback
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "64:ff9b::169.254.169.254",  # NAT64 of cloud metadata
+        "64:ff9b:1::808:808",  # local-use NAT64 prefix
     ],
 )
 def test_non_public_addresses_are_not_public(address: str) -> None:
@@ -202,7 +250,17 @@ def test_non_public_addresses_are_not_public(address: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "::ffff:8.8.8.8"]
+    "address",
+    [
+        "8.8.8.8",
+        "1.1.1.1",
+        "93.184.216.34",
+        "2606:4700:4700::1111",
+        "::ffff:8.8.8.8",
+        "64:ff9b::808:808",  # NAT64 of 8.8.8.8: how an IPv6-only host reaches it
+        "64:ff9b::1.1.1.1",
+        "2002:808:808::1",  # 6to4 of 8.8.8.8
+    ],
 )
 def test_public_addresses_are_public(address: str) -> None:
     assert is_public_address(ipaddress.ip_address(address)) is True

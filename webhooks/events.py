@@ -108,6 +108,10 @@ _Iso = BeforeValidator(_iso_only)
 UtcDatetime = Annotated[datetime, _Iso, AfterValidator(_as_utc), PlainSerializer(_iso_utc)]
 UtcDatetimeMs = Annotated[datetime, _Iso, AfterValidator(_as_utc), PlainSerializer(_iso_utc_ms)]
 
+#: How deep ``metadata`` may nest (containers inside containers). pydantic
+#: cannot serialize much beyond 255 levels and a receiver has no use for it.
+MAX_METADATA_DEPTH = 32
+
 _MEDIA = frozenset({ContentType.IMAGE, ContentType.VIDEO, ContentType.DOCUMENT, ContentType.AUDIO})
 _OPTIONAL = ("filename", "metadata")
 
@@ -143,7 +147,13 @@ class MessageData(BaseModel):
     def _json_encodable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         # Checked here, not when encoding: dumped "as JSON" pydantic would
         # quietly turn NaN into null and a lone surrogate in a key into
-        # U+FFFD, changing what the producer sent.
+        # U+FFFD, changing what the producer sent. Depth first: deep nesting
+        # would otherwise fail only at apply_async, as a serialization error.
+        too_deep = _deeper_than(value, MAX_METADATA_DEPTH)
+        if too_deep is not None:
+            raise ValueError(
+                f"nested deeper than {MAX_METADATA_DEPTH} levels (at {_shorten(too_deep)})"
+            )
         for path, problem in _unencodable(value, ""):
             raise ValueError(f"{path}: {problem}")
         return value
@@ -224,3 +234,29 @@ def _leaves(value: Any, path: str) -> Iterator[tuple[str, Any]]:
             yield from _leaves(item, f"{path}.{index}" if path else str(index))
     else:
         yield path or "(event)", value
+
+
+def _deeper_than(value: Any, limit: int) -> str | None:
+    """The path of the first container nested more than ``limit`` deep, if any.
+
+    Iterative, so that a metadata nested thousands deep cannot exhaust the
+    interpreter's stack while it is being judged.
+    """
+    pending: list[tuple[Any, int, str]] = [(value, 1, "")]
+    while pending:
+        current, depth, path = pending.pop()
+        if isinstance(current, dict):
+            items: Iterator[tuple[Any, Any]] = iter(current.items())
+        elif isinstance(current, list):
+            items = iter(enumerate(current))
+        else:
+            continue
+        if depth > limit:
+            return path or "(metadata)"
+        for key, item in items:
+            pending.append((item, depth + 1, f"{path}.{key}" if path else str(key)))
+    return None
+
+
+def _shorten(path: str, keep: int = 80) -> str:
+    return path if len(path) <= keep else f"{path[: keep // 2]}…{path[-keep // 2 :]}"

@@ -141,19 +141,34 @@ def _read_excerpt(response: requests.Response, guard: Guard) -> tuple[str, str]:
     At most 64 KiB is read, never decoded (a larger body costs us its
     connection). The status line already came, so a broken body is noted,
     not raised: what the attempt means is the status's to say.
+
+    The body is read from the standard library's ``http.client`` response
+    under urllib3's, not through urllib3's reader, whose decoding and chunk
+    parsing have changed between 2.x releases (some decoded a whole
+    ``gzip, gzip`` body before any cap, some read a chunk-size line with an
+    unbounded ``readline``). ``http.client`` never decodes and bounds every
+    line it reads (64 KiB, else ``LineTooLong``), whatever urllib3 is installed.
     """
     raw = response.raw
+    fp = getattr(raw, "_fp", None)
+    if not isinstance(fp, http.client.HTTPResponse):
+        # Not a urllib3 we know: better no excerpt than an unbounded read.
+        return "", "body not read: no http.client response under urllib3's"
     chunks: list[bytes] = []
     size = 0
     body_error = ""
     try:
-        # read1: what has arrived, so bytes before a break are kept.
-        while chunk := raw.read1(8192, decode_content=False):
+        # read1: what has arrived, so bytes before a break are kept; for a
+        # chunked body at most to the end of the current chunk.
+        while chunk := fp.read1(8192):
             chunks.append(chunk)
             size += len(chunk)
             if size > MAX_RESPONSE_BYTES:
                 break
         else:
+            if fp.length:
+                # http.client ends a short body quietly; urllib3 would raise.
+                raise http.client.IncompleteRead(b"".join(chunks), fp.length)
             if not guard.expired:
                 # Fully read: hand the connection back for keep-alive.
                 raw.release_conn()

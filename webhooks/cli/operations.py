@@ -15,6 +15,7 @@ from webhooks.cli.context import (
     Context,
     print_json,
 )
+from webhooks.cli.terminal import printable
 from webhooks.deadletters import DeadLetter, DeadLetters
 from webhooks.metrics import Metrics
 from webhooks.progress import Delivery
@@ -116,11 +117,12 @@ def _log_table(records: list[AttemptRecord]) -> str:
             detail += f"  {r.error[:120]}"
         if r.response_excerpt:
             detail += f"  body: {r.response_excerpt[:80]!r}"
-        lines.append(
+        line = (
             f"{_when(r.started_at):<24} {r.message_id:<36} {r.webhook_id:<36} {r.attempt:>2} "
             f"{r.outcome:<17} {r.status or '-':>6} {r.duration_s * 1000:>7.0f}  "
             f"{r.queue:<9} {r.worker:<{width}} {detail}"
         )
+        lines.append(printable(line))  # the error and body are the receiver's words
     return "\n".join(lines)
 
 
@@ -132,10 +134,11 @@ def _dead(args: argparse.Namespace, context: Context) -> int:
             print_json([_letter_dict(d) for d in found])
         else:
             for d in found:
-                sys.stdout.write(
+                line = (
                     f"{_when(d.failed_at)}  {d.webhook_id}  message {d.message_id}  "
-                    f"{d.url}  {d.outcome.get('error_kind')}: {d.outcome.get('error')}\n"
+                    f"{d.url}  {d.outcome.get('error_kind')}: {d.outcome.get('error')}"
                 )
+                sys.stdout.write(printable(line) + "\n")
             sys.stderr.write(f"{len(found)} dead letter(s)\n")
         return 0
     if args.message_id:
@@ -151,7 +154,9 @@ def _dead(args: argparse.Namespace, context: Context) -> int:
             replayed += letters.replay([letter], _republish)
         except Exception as exc:  # report each, go on with the rest
             failed += 1
-            sys.stderr.write(f"error: {letter.webhook_id} not replayed, kept: {exc}\n")
+            sys.stderr.write(
+                printable(f"error: {letter.webhook_id} not replayed, kept: {exc}") + "\n"
+            )
     sys.stderr.write(f"replayed {replayed} delivery(ies) with their original webhook-id\n")
     return EXIT_UNAVAILABLE if failed else 0
 
@@ -186,7 +191,8 @@ def _stats(args: argparse.Namespace, context: Context) -> int:
     if args.json:
         print_json({"minutes": args.minutes, "endpoints": [s.as_dict() for s in summaries]})
     else:
-        sys.stdout.write(format_table(summaries, args.minutes) + "\n")
+        table = format_table(summaries, args.minutes)
+        sys.stdout.write("\n".join(printable(row) for row in table.split("\n")) + "\n")
     return 0
 
 

@@ -101,6 +101,15 @@ def test_compose_publishes_flower_on_loopback_unless_told_otherwise() -> None:
     ]
 
 
+def test_compose_publishes_metrics_on_loopback_and_passes_auth_through() -> None:
+    metrics = compose()["services"]["metrics"]  # type: ignore[index]
+
+    assert _published("metrics", {}) == [("127.0.0.1", "9808")]
+    # the server listens on all of its container's interfaces, or nothing is published
+    assert metrics["environment"]["WEBHOOKS_METRICS_BIND"] == "0.0.0.0"  # noqa: S104
+    assert metrics["environment"]["WEBHOOKS_METRICS_AUTH"] == "${WEBHOOKS_METRICS_AUTH:-}"
+
+
 def test_readme_shows_tls_in_front_of_flower() -> None:
     readme = (ROOT / "README.md").read_text()
 

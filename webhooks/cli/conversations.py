@@ -10,7 +10,7 @@ from typing import Any
 
 from config.wiring import conversation_store
 from webhooks.cli.context import EXIT_NOT_FOUND, Context, print_json
-from webhooks.conversations import Conversation
+from webhooks.conversations import Conversation, ConversationStore
 from webhooks.errors import InvalidConfiguration
 
 __all__ = ["add_parser", "run"]
@@ -57,6 +57,11 @@ def add_parser(commands: Any) -> None:
     )
     rotate.add_argument("conversation_id")
     rotate.add_argument("--now", action="store_true", help=_NOW_HELP)
+
+    actions.add_parser(
+        "encrypt-secrets",
+        help="seal plain secrets with WEBHOOKS_SECRETS_KEY, move sealed ones to its first key",
+    )
 
 
 _NOW_HELP = "old secrets stop signing at once (a leaked secret); default: they overlap"
@@ -113,9 +118,8 @@ def run(args: argparse.Namespace, context: Context) -> int:
         )
         print_json(_render(conversation, show_secret=True))
         return 0
-    if action == "list":
-        print_json([_render(c, show_secret=False) for c in store.list_all()])
-        return 0
+    if action in ("encrypt-secrets", "list"):
+        return _encrypt_secrets(store) if action == "encrypt-secrets" else _list(store)
     if action == "rotate-secret":
         rotated = store.rotate_secret(args.conversation_id, at_once=args.now)
         print_json(_render(rotated, show_secret=True))
@@ -130,3 +134,17 @@ def run(args: argparse.Namespace, context: Context) -> int:
         return 0
     sys.stderr.write(f"error: conversation {args.conversation_id} is not registered\n")
     return EXIT_NOT_FOUND
+
+
+def _encrypt_secrets(store: ConversationStore) -> int:
+    rewritten, seen = store.encrypt_secrets()
+    sys.stderr.write(
+        f"{rewritten} of {seen} conversation(s) rewritten; every stored secret is now "
+        "sealed with the first key of WEBHOOKS_SECRETS_KEY\n"
+    )
+    return 0
+
+
+def _list(store: ConversationStore) -> int:
+    print_json([_render(c, show_secret=False) for c in store.list_all()])
+    return 0

@@ -28,11 +28,11 @@ from pydantic import (
     model_validator,
 )
 
-from webhooks import keys
+from webhooks import keys, secrets_at_rest
 from webhooks.errors import InvalidConfiguration, SecretsLocked
 from webhooks.events import Channel
 from webhooks.ratelimit import Limits, RateLimit
-from webhooks.secretbox import SecretBox, open_secret
+from webhooks.secretbox import SecretBox
 from webhooks.signing import generate_secret, secret_key
 from webhooks.urlpolicy import check_url, resolve_public
 
@@ -254,57 +254,14 @@ class ConversationStore:
         return [self._load(r) for r in raws if r is not None]
 
     def check_key(self) -> None:
-        """Raise :class:`SecretsLocked` unless the stored secrets can be opened.
-
-        Run at start (worker, CLI): the canary exists once any secret was
-        sealed, and opening it proves the configured keys include the one
-        that sealed it.
-        """
-        canary = self._redis.get(keys.SECRETS_CANARY)
-        if canary is not None:
-            open_secret(str(canary), self._box)
+        """Raise :class:`SecretsLocked` unless the stored secrets can be opened."""
+        secrets_at_rest.check_key(self._redis, self._box)
 
     def encrypt_secrets(self) -> tuple[int, int]:
-        """Seal every plain secret and move sealed ones to the first key.
-
-        Idempotent: a value already sealed under the first key is left as it
-        is, so a second run writes nothing. Each record is rewritten in a
-        WATCH transaction, so a concurrent ``set`` is not overwritten.
-        Gives (conversations rewritten, conversations seen).
-        """
+        """Seal plain secrets, move sealed ones to the first key (the migration)."""
         if self._box is None:
             raise SecretsLocked("set WEBHOOKS_SECRETS_KEY to encrypt the stored secrets")
-        box = self._box
-        self._redis.set(keys.SECRETS_CANARY, box.reseal(self._canary_value()))
-        ids = sorted(str(i) for i in self._redis.smembers(keys.CONVERSATIONS))
-        rewritten = 0
-        for cid in ids:
-            rewritten += self._reseal_one(keys.conversation(cid), box)
-        return rewritten, len(ids)
-
-    def _canary_value(self) -> str:
-        found = self._redis.get(keys.SECRETS_CANARY)
-        return _CANARY if found is None else str(found)
-
-    def _reseal_one(self, key: str, box: SecretBox) -> int:
-        changed = [0]
-
-        def reseal(pipe: redis.client.Pipeline) -> None:
-            changed[0] = 0
-            raw = pipe.get(key)
-            if raw is None:
-                return
-            data = json.loads(raw)
-            before = json.dumps(data, sort_keys=True)
-            _map_secrets(data, box.reseal)
-            if json.dumps(data, sort_keys=True) != before:
-                pipe.multi()
-                pipe.set(key, json.dumps(data))
-                changed[0] = 1
-
-        # transaction() WATCHes key and runs reseal again if it changed meanwhile
-        self._redis.transaction(reseal, key)
-        return changed[0]
+        return secrets_at_rest.encrypt_all(self._redis, self._box)
 
     def delete(self, conversation_id: str) -> bool:
         cid = normalize_id(conversation_id)
@@ -318,29 +275,16 @@ class ConversationStore:
         data = conversation.model_dump(mode="json")
         pipe = self._redis.pipeline()
         if self._box is not None:
-            _map_secrets(data, self._box.seal)
-            pipe.set(keys.SECRETS_CANARY, self._box.seal(_CANARY), nx=True)
+            secrets_at_rest.seal_record(data, self._box)
+            secrets_at_rest.mark_sealed(pipe, self._box)
         pipe.set(keys.conversation(conversation.conversation_id), json.dumps(data))
         pipe.sadd(keys.CONVERSATIONS, conversation.conversation_id)
         pipe.execute()
 
     def _load(self, raw: str | bytes) -> Conversation:
         data = json.loads(raw)
-        _map_secrets(data, lambda stored: open_secret(stored, self._box))
+        secrets_at_rest.open_record(data, self._box)
         return Conversation.model_validate(data)
-
-
-#: What the canary holds, sealed.
-_CANARY = "webhooks secrets canary"
-
-
-def _map_secrets(data: dict[str, Any], change: Callable[[str], str]) -> None:
-    """Apply ``change`` to every secret of a stored record, in place."""
-    for holder in (data, *data.get("previous_secrets", ())):
-        if holder.get("secret"):
-            holder["secret"] = change(holder["secret"])
-    if data.get("previous_secret"):  # records from before previous_secrets
-        data["previous_secret"] = change(data["previous_secret"])
 
 
 class ConversationReader(Protocol):

@@ -50,10 +50,11 @@ def start(redis_server: RedisServer) -> Iterator[Start]:
             text=True,
         )
         processes.append(process)
+        host = "::1" if ":" in env.get("WEBHOOKS_METRICS_BIND", "") else "127.0.0.1"
         deadline = time.monotonic() + 20
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                socket.create_connection((host, port), timeout=1).close()
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("metrics-server did not come up") from None
@@ -112,6 +113,19 @@ def test_bind_setting_opens_it_on_purpose(start: Start) -> None:
     port = start(WEBHOOKS_METRICS_BIND=ANY).port
 
     assert listening_addresses(port) == {ANY}
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
+def test_an_ipv6_bind_address_gets_an_ipv6_socket(start: Start) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    port = start(WEBHOOKS_METRICS_BIND="::1").port
+
+    # ::1 as /proc/net/tcp6 shows it: four host-order 32-bit words
+    assert listening_addresses(port) == {"0" * 24 + "01000000"}
 
 
 @pytest.mark.parametrize(

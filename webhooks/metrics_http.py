@@ -81,6 +81,8 @@ class MetricsServer(HTTPServer):
         threads: int = 4,
         max_connections: int = 256,
     ) -> None:
+        # "::" or "::1" in WEBHOOKS_METRICS_BIND: an IPv6 socket
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
         self.scrape = scrape
         self.auth = auth

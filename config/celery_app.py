@@ -15,17 +15,25 @@ All reliability choices live here, each with the failure it prevents:
   ``WEBHOOKS_WORKER_DEAD_AFTER_S``, not after the visibility timeout.
 * JSON only, no result backend: payloads are data, never pickles, and
   delivery outcomes go to :mod:`webhooks.outcomes`, not to Celery results.
+* a worker whose ``WEBHOOKS_SECRETS_KEY`` cannot open the stored signing
+  secrets refuses to start, instead of failing every delivery.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import sys
 from typing import Any
 
+import redis
 from celery import Celery
+from celery.signals import worker_init
 from kombu import pools
 
+from config import wiring
 from config.settings import Settings
+from webhooks.errors import SecretsLocked
 from webhooks.queues import QUEUE, RELEASED_QUEUE, SLOW_QUEUE  # re-exported for tasks/
 
 __all__ = ["QUEUE", "RELEASED_QUEUE", "SLOW_QUEUE", "WebhooksCelery", "app", "create_app"]
@@ -97,3 +105,25 @@ def create_app(settings: Settings | None = None) -> WebhooksCelery:
 
 
 app = create_app()
+
+log = logging.getLogger(__name__)
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _refuse_locked_secrets(sender: Any = None, **_: Any) -> None:
+    """Stop a worker that could not open the stored signing secrets.
+
+    A Redis that cannot be reached yet is not a reason to stop: the worker
+    waits for it like for the broker, and the check is the CLI's to repeat.
+    """
+    settings: Settings = getattr(getattr(sender, "app", None), "settings", app.settings)
+    client = wiring.store_client(settings)
+    try:
+        wiring.check_secrets_key(client, settings)
+    except SecretsLocked as exc:
+        sys.stderr.write(f"error: worker not started: {exc}\n")
+        raise SystemExit(2) from exc
+    except redis.RedisError as exc:
+        log.warning("could not check the stored secrets' key at start: %s", exc)
+    finally:
+        client.close()

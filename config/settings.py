@@ -17,8 +17,10 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from webhooks.health import HealthPolicy
+from webhooks.metrics_http import parse_auth
 from webhooks.outcomes import DEFAULT_DEAD_LETTER_RETENTION_S
 from webhooks.ratelimit import Limits, RateLimit
+from webhooks.secretbox import parse_keys
 from webhooks.signing import secret_key
 
 __all__ = ["Settings", "child_environment"]
@@ -136,6 +138,25 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("WEBHOOKS_LOG_RETENTION", "log_retention_s"),
         description="Seconds the attempt log keeps a message's attempts (WEBHOOKS_LOG_RETENTION).",
     )
+    secrets_key: SecretStr | None = Field(
+        None,
+        description="Fernet keys, comma-separated, sealing signing secrets in Redis: the first "
+        "seals, all open (rotation). Unset: secrets are stored plain.",
+    )
+    metrics_bind: str = Field(
+        "127.0.0.1",
+        description="Address webhooks metrics-server listens on (loopback unless opened).",
+    )
+    metrics_auth: SecretStr | None = Field(
+        None,
+        description="'bearer:TOKEN' or 'basic:user:password' that /metrics requires (unset: none).",
+    )
+    metrics_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long a metrics connection may take to send its request, and each "
+        "socket read or write after that.",
+    )
     secret_rotation_overlap_s: int = Field(
         24 * 3600, ge=0, description="How long the old secret keeps signing after a rotation."
     )
@@ -170,6 +191,33 @@ class Settings(BaseSettings):
         if value is not None:
             secret_key(value.get_secret_value())
         return value
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _check_secrets_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # A mistyped key must stop the worker at start, not lock every secret.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parse_keys(value.get_secret_value())
+        return value
+
+    @property
+    def secrets_keys(self) -> tuple[str, ...]:
+        """The keys of WEBHOOKS_SECRETS_KEY, the sealing one first (none: plain)."""
+        return parse_keys(self.secrets_key.get_secret_value()) if self.secrets_key else ()
+
+    @field_validator("metrics_auth")
+    @classmethod
+    def _check_metrics_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            parse_auth(value.get_secret_value())
+            return value
+        return None  # empty (compose passes it through unset): no auth
+
+    @property
+    def metrics_credentials(self) -> tuple[str, str] | None:
+        """(scheme, expected credentials) for the metrics server, or None."""
+        return parse_auth(self.metrics_auth.get_secret_value()) if self.metrics_auth else None
 
     @field_validator("rate_limit")
     @classmethod

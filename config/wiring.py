@@ -20,16 +20,29 @@ from webhooks.observer import Observer
 from webhooks.outcomes import OutcomeStore
 from webhooks.parking import ParkingLot
 from webhooks.ratelimit import Limiter
+from webhooks.secretbox import SecretBox
 from webhooks.sender import Sender
 from webhooks.store import connect
 from webhooks.targets import DeliveryPolicy
 
-__all__ = ["conversation_store", "deliverer", "delivery_policy", "store_client"]
+__all__ = [
+    "check_secrets_key",
+    "conversation_store",
+    "deliverer",
+    "delivery_policy",
+    "secret_box",
+    "store_client",
+]
 
 
 def store_client(settings: Settings) -> redis.Redis:
     """A client of the store (``WEBHOOKS_REDIS_URL``) with the configured timeouts."""
     return connect(settings.redis_url, socket_timeout_s=settings.redis_socket_timeout_s)
+
+
+def secret_box(settings: Settings) -> SecretBox | None:
+    """What seals signing secrets at rest, if WEBHOOKS_SECRETS_KEY is set."""
+    return SecretBox(settings.secrets_keys) if settings.secrets_keys else None
 
 
 def conversation_store(client: redis.Redis, settings: Settings) -> ConversationStore:
@@ -38,7 +51,15 @@ def conversation_store(client: redis.Redis, settings: Settings) -> ConversationS
         allow_http=settings.allow_http,
         allow_private=settings.allow_private_networks,
         rotation_overlap_s=settings.secret_rotation_overlap_s,
+        box=secret_box(settings),
     )
+
+
+def check_secrets_key(client: redis.Redis, settings: Settings) -> None:
+    """Raise :class:`~webhooks.errors.SecretsLocked` if the stored secrets are
+    encrypted and the configured keys cannot open them: the worker and the CLI
+    call this at start, so nothing runs that could not sign."""
+    conversation_store(client, settings).check_key()
 
 
 def delivery_policy(settings: Settings) -> DeliveryPolicy:

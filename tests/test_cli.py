@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from webhooks.endpoints import normalize_endpoint
 from webhooks.health import HealthPolicy, HealthStore
 from webhooks.outcomes import Outcome
 from webhooks.queues import QUEUE, SLOW_QUEUE
+from webhooks.signing import generate_secret
 
 
 @pytest.fixture(autouse=True)
@@ -99,8 +101,62 @@ def test_rotate_secret_keeps_the_old_one_signing(capsys: pytest.CaptureFixture[s
 
     rotated = json.loads(out)
     assert code == 0
-    assert rotated["previous_secret"] == old and rotated["secret"] != old
-    assert rotated["previous_secret_expires_at"] > rotated["updated_at"]
+    (previous,) = rotated["previous_secrets"]
+    assert previous["secret"] == old and rotated["secret"] != old
+    assert previous["expires_at"] > rotated["updated_at"]
+
+
+def test_secret_from_a_file_or_stdin_never_on_the_command_line(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # Given a secret in a file (with the newline editors add) and another on stdin
+    cid = str(uuid.uuid4())
+    from_file, from_stdin = generate_secret(), generate_secret()
+    (tmp_path / "secret").write_text(from_file + "\n")
+    url = ("--callback-url", "https://127.0.0.1/h")
+
+    # When the conversation is set from the file, then from stdin
+    code, out, _ = run(
+        capsys, "conversations", "set", cid, *url, "--secret-file", str(tmp_path / "secret")
+    )
+    assert code == 0 and json.loads(out)["secret"] == from_file
+    monkeypatch.setattr("sys.stdin", io.StringIO(from_stdin + "\n"))
+    code, out, _ = run(capsys, "conversations", "set", cid, *url, "--secret-stdin")
+
+    # Then each is used, and the replaced one overlaps as after a rotation
+    shown = json.loads(out)
+    assert code == 0 and shown["secret"] == from_stdin
+    assert [p["secret"] for p in shown["previous_secrets"]] == [from_file]
+
+    # And --now replaces it with no overlap
+    (tmp_path / "secret").write_text(from_file)
+    code, out, _ = run(
+        capsys,
+        "conversations",
+        "set",
+        cid,
+        *url,
+        "--secret-file",
+        str(tmp_path / "secret"),
+        "--now",
+    )
+    assert code == 0 and json.loads(out)["previous_secrets"] == []
+
+
+def test_an_unreadable_or_empty_secret_file_is_one_clear_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "empty").write_text("\n")
+    url = ("--callback-url", "https://127.0.0.1/h")
+    cid = str(uuid.uuid4())
+
+    missing = run(capsys, "conversations", "set", cid, *url, "--secret-file", "/nonexistent/s")
+    empty = run(capsys, "conversations", "set", cid, *url, "--secret-file", str(tmp_path / "empty"))
+
+    assert missing[0] == EXIT_INVALID and "cannot read /nonexistent/s" in missing[2]
+    assert empty[0] == EXIT_INVALID and "empty" in empty[2]
 
 
 def test_list_and_delete(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,12 @@ import redis
 
 from config.settings import Settings
 from webhooks import keys
-from webhooks.conversations import CachedConversations, Conversation, ConversationStore
+from webhooks.conversations import (
+    MAX_PREVIOUS_SECRETS,
+    CachedConversations,
+    Conversation,
+    ConversationStore,
+)
 from webhooks.errors import InvalidConfiguration, PolicyRefusal
 from webhooks.signing import generate_secret
 
@@ -200,18 +205,89 @@ def test_rotation_signs_with_both_secrets_during_the_overlap_only(
     assert stored.signing_secrets(now=rotated_at + overlap + 3600) == [new]
 
 
-def test_second_rotation_drops_the_first_secret(conversations: ConversationStore) -> None:
-    # Given a conversation rotated twice
+def test_rotating_twice_within_the_overlap_keeps_every_secret_signing(
+    conversations: ConversationStore, producer_settings: Settings
+) -> None:
+    # Given a conversation rotated twice, a second apart
+    overlap = producer_settings.secret_rotation_overlap_s
     cid = new_id()
-    first = conversations.set(cid, guide_config()).secret
+    first = conversations.set(cid, guide_config(), now=999.0).secret
     second = conversations.rotate_secret(cid, now=1_000.0).secret
     third = conversations.rotate_secret(cid, now=1_001.0).secret
 
-    # Then only the last two secrets sign
+    # Then all three sign, newest first, while the first is within its overlap ...
     stored = conversations.get(cid)
     assert stored is not None
-    assert stored.signing_secrets(now=1_002.0) == [third, second]
-    assert first not in stored.signing_secrets(now=1_002.0)
+    assert stored.signing_secrets(now=1_002.0) == [third, second, first]
+    # ... each retired secret leaving when its own overlap ends
+    assert stored.signing_secrets(now=1_000.0 + overlap) == [third, second]
+    assert stored.signing_secrets(now=1_001.0 + overlap) == [third]
+
+
+def test_previous_secrets_are_capped(conversations: ConversationStore) -> None:
+    # Given a conversation rotated more often than the cap within one overlap
+    cid = new_id()
+    secrets = [conversations.set(cid, guide_config(), now=999.0).secret]
+    for i in range(MAX_PREVIOUS_SECRETS + 2):
+        secrets.append(conversations.rotate_secret(cid, now=1_000.0 + i).secret)
+
+    # Then the current one and the newest MAX_PREVIOUS_SECRETS sign
+    stored = conversations.get(cid)
+    assert stored is not None
+    newest_first = secrets[::-1]
+    assert stored.signing_secrets(now=2_000.0) == newest_first[: MAX_PREVIOUS_SECRETS + 1]
+
+
+def test_a_new_secret_given_to_set_overlaps_like_a_rotation(
+    conversations: ConversationStore,
+) -> None:
+    # Given a registered conversation
+    cid = new_id()
+    old = conversations.set(cid, guide_config(), now=1_000.0).secret
+
+    # When an operator sets a secret of their own
+    mine = generate_secret()
+    conversations.set(cid, guide_config(), secret=mine, now=1_001.0)
+
+    # Then the old one keeps signing beside it, as after a rotation
+    stored = conversations.get(cid)
+    assert stored is not None
+    assert stored.signing_secrets(now=1_002.0) == [mine, old]
+
+
+def test_at_once_drops_every_old_secret(conversations: ConversationStore) -> None:
+    # Given a conversation in the middle of a rotation
+    cid = new_id()
+    conversations.set(cid, guide_config(), now=1_000.0)
+    conversations.rotate_secret(cid, now=1_001.0)
+
+    # When a leaked secret is replaced at once, by set and by rotate
+    mine = generate_secret()
+    conversations.set(cid, guide_config(), secret=mine, at_once=True, now=1_002.0)
+    after_set = conversations.get(cid)
+    rotated = conversations.rotate_secret(cid, at_once=True, now=1_003.0)
+
+    # Then only the new secret signs
+    assert after_set is not None and after_set.signing_secrets(now=1_002.0) == [mine]
+    stored = conversations.get(cid)
+    assert stored is not None and stored.signing_secrets(now=1_004.0) == [rotated.secret]
+
+
+def test_a_record_from_before_several_previous_secrets_still_reads() -> None:
+    old_record = {
+        "channel": "API",
+        "config": {"callback_url": URL},
+        "conversation_id": str(uuid.uuid4()),
+        "secret": "whsec_new",
+        "previous_secret": "whsec_old",
+        "previous_secret_expires_at": 2_000.0,
+        "updated_at": 1_000.0,
+    }
+
+    conversation = Conversation.model_validate(old_record)
+
+    assert conversation.signing_secrets(now=1_500.0) == ["whsec_new", "whsec_old"]
+    assert conversation.signing_secrets(now=2_000.0) == ["whsec_new"]
 
 
 def test_update_after_rotation_keeps_both_secrets(conversations: ConversationStore) -> None:

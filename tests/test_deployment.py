@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,6 +72,49 @@ def test_compose_worker_can_scale() -> None:
     # --scale needs no fixed name and no published port
     assert "container_name" not in worker and "ports" not in worker
     assert worker["environment"]["WEBHOOKS_REDIS_URL"].startswith("redis://redis:")
+
+
+def _published(service: str, env: dict[str, str]) -> list[tuple[str, str]]:
+    """(host address, host port) of each published port, as compose would
+    interpolate ``${VAR:-default}`` with ``env`` as the host's environment."""
+    ports = compose()["services"][service]["ports"]  # type: ignore[index]
+
+    def interpolate(text: str) -> str:
+        return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), text)
+
+    found = []
+    for entry in ports:
+        parts = interpolate(str(entry)).split(":")
+        # "HOST_PORT:CONTAINER_PORT" publishes on every interface
+        found.append((parts[0], parts[1]) if len(parts) == 3 else ("0.0.0.0", parts[0]))  # noqa: S104
+    return found
+
+
+def test_compose_publishes_flower_on_loopback_unless_told_otherwise() -> None:
+    # Given compose with no FLOWER_BIND / When its published ports are read
+    default = _published("flower", {})
+    # Then Flower (plain HTTP, basic auth) is reachable from this host only
+    assert default == [("127.0.0.1", "5555")]
+    # And FLOWER_BIND / FLOWER_PORT move it when an operator asks
+    assert _published("flower", {"FLOWER_BIND": "10.0.0.5", "FLOWER_PORT": "6000"}) == [
+        ("10.0.0.5", "6000")
+    ]
+
+
+def test_compose_publishes_metrics_on_loopback_and_passes_auth_through() -> None:
+    metrics = compose()["services"]["metrics"]  # type: ignore[index]
+
+    assert _published("metrics", {}) == [("127.0.0.1", "9808")]
+    # the server listens on all of its container's interfaces, or nothing is published
+    assert metrics["environment"]["WEBHOOKS_METRICS_BIND"] == "0.0.0.0"  # noqa: S104
+    assert metrics["environment"]["WEBHOOKS_METRICS_AUTH"] == "${WEBHOOKS_METRICS_AUTH:-}"
+
+
+def test_readme_shows_tls_in_front_of_flower() -> None:
+    readme = (ROOT / "README.md").read_text()
+
+    assert "Flower behind TLS" in readme
+    assert "reverse_proxy 127.0.0.1:5555" in readme
 
 
 def _shell(command: str, env: dict[str, str]) -> subprocess.Popen[str]:

@@ -39,6 +39,7 @@ from webhooks.cli import EXIT_NOT_FOUND, main
 from webhooks.conversations import ConversationStore
 from webhooks.endpoints import normalize_endpoint
 from webhooks.outcomes import Outcome, OutcomeStore
+from webhooks.prometheus import endpoint_label
 from webhooks.queues import QUEUE
 
 # --- fixtures ----------------------------------------------------------------
@@ -372,7 +373,7 @@ def test_metrics_scraped_over_http_add_up_across_two_worker_processes(
     path = unique_path()
     cid, _ = registered(fleet.conversations, receiver, path)
     receiver.always(path, Respond(200, delay_s=0.1))
-    endpoint = normalize_endpoint(receiver.url(path))
+    endpoint = endpoint_label(normalize_endpoint(receiver.url(path)))
 
     # When N events are delivered
     published = [publish(cid)[0] for _ in range(n)]

@@ -7,6 +7,7 @@ reading of the text format.
 from __future__ import annotations
 
 import http.client
+import re
 import threading
 from collections.abc import Callable, Iterator
 
@@ -16,11 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample as PromSample
 
 from webhooks.metrics import BUCKETS_S, Metrics, Sample
-from webhooks.prometheus import render, serve
+from webhooks.metrics_http import serve
+from webhooks.prometheus import endpoint_label, render
 from webhooks.queues import QUEUE
 
 A = "https://a.example:443/hook"
 B = "https://b.example:443/other"
+LA, LB = endpoint_label(A), endpoint_label(B)
 
 
 def get(base: str, path: str) -> tuple[int, str, str]:
@@ -66,18 +69,18 @@ def test_the_counters_parse_with_their_types_and_values(observed: list[Sample]) 
     for name in ("deliveries", "attempts", "errors", "retries"):
         assert families[f"webhooks_{name}"][0] == "counter"
     _, attempts = families["webhooks_attempts"]
-    assert value(attempts, "webhooks_attempts_total", endpoint=A, result="success") == 1
-    assert value(attempts, "webhooks_attempts_total", endpoint=A, result="http_5xx") == 1
-    assert value(attempts, "webhooks_attempts_total", endpoint=A, result="timeout") == 1
-    assert value(attempts, "webhooks_attempts_total", endpoint=B, result="success") == 1
+    assert value(attempts, "webhooks_attempts_total", endpoint=LA, result="success") == 1
+    assert value(attempts, "webhooks_attempts_total", endpoint=LA, result="http_5xx") == 1
+    assert value(attempts, "webhooks_attempts_total", endpoint=LA, result="timeout") == 1
+    assert value(attempts, "webhooks_attempts_total", endpoint=LB, result="success") == 1
     _, deliveries = families["webhooks_deliveries"]
-    assert value(deliveries, "webhooks_deliveries_total", endpoint=A, outcome="failed") == 1
-    assert value(deliveries, "webhooks_deliveries_total", endpoint=A, outcome="delivered") == 1
+    assert value(deliveries, "webhooks_deliveries_total", endpoint=LA, outcome="failed") == 1
+    assert value(deliveries, "webhooks_deliveries_total", endpoint=LA, outcome="delivered") == 1
     _, errors = families["webhooks_errors"]
-    assert value(errors, "webhooks_errors_total", endpoint=A, kind="timeout") == 1
+    assert value(errors, "webhooks_errors_total", endpoint=LA, kind="timeout") == 1
     _, retries = families["webhooks_retries"]
-    assert value(retries, "webhooks_retries_total", endpoint=A) == 1
-    assert [s for s in retries if s.labels["endpoint"] == B] == []
+    assert value(retries, "webhooks_retries_total", endpoint=LA) == 1
+    assert [s for s in retries if s.labels["endpoint"] == LB] == []
 
 
 def test_the_histogram_is_cumulative_and_its_count_is_the_inf_bucket(
@@ -87,7 +90,7 @@ def test_the_histogram_is_cumulative_and_its_count_is_the_inf_bucket(
 
     assert kind == "histogram"
     name = "webhooks_attempt_duration_seconds"
-    for endpoint, durations in ((A, [0.01, 2.0, 0.3]), (B, [75.0])):
+    for endpoint, durations in ((LA, [0.01, 2.0, 0.3]), (LB, [75.0])):
         bounds = [repr(b) for b in BUCKETS_S] + ["+Inf"]
         buckets = [value(samples, f"{name}_bucket", endpoint=endpoint, le=le) for le in bounds]
         expected = [sum(1 for d in durations if d <= float(le)) for le in bounds]
@@ -120,13 +123,35 @@ def test_no_observations_is_still_a_valid_exposition() -> None:
 
 
 def test_label_values_are_escaped() -> None:
-    # An endpoint path may carry characters the text format must escape.
-    odd = 'https://a.example:443/say"hi"\\there\nnext'
+    # A label value may carry characters the text format must escape.
+    odd = 'say"hi"\\there\nnext'
     samples = [Sample("attempts", odd, (("result", "success"),), 2)]
 
     _, attempts = parse(render(samples, {}))["webhooks_attempts"]
 
     assert value(attempts, "webhooks_attempts_total", endpoint=odd, result="success") == 2
+
+
+def test_endpoint_labels_are_host_and_path_hash_never_path_or_query() -> None:
+    # Given an endpoint whose path and query carry tokens
+    secret_url = "https://hooks.example:443/t/sk_live_abc123?token=qq9"
+    samples = [
+        Sample("attempts", secret_url, (("result", "success"),), 1),
+        Sample("attempt_duration_bucket", secret_url, (("le", "0.1"),), 1),
+        Sample("attempt_duration_sum", secret_url, (), 0.1),
+    ]
+
+    # When it is rendered
+    text = render(samples, {})
+
+    # Then its label is the host and port with an 8-digit hash of the path only
+    assert "sk_live_abc123" not in text and "qq9" not in text and "/t/" not in text
+    label = endpoint_label(secret_url)
+    assert re.fullmatch(r"hooks\.example:443/[0-9a-f]{8}", label)
+    assert label == endpoint_label("https://hooks.example:443/t/sk_live_abc123?token=other")
+    assert label != endpoint_label("https://hooks.example:443/t/sk_live_abc124")
+    _, attempts = parse(text)["webhooks_attempts"]
+    assert value(attempts, "webhooks_attempts_total", endpoint=label, result="success") == 1
 
 
 def test_every_line_is_a_comment_or_one_sample(observed: list[Sample]) -> None:
@@ -169,7 +194,7 @@ def test_get_metrics_answers_with_the_scrape(
     assert status == 200
     assert content_type.startswith("text/plain; version=0.0.4")
     _, attempts = parse(body)["webhooks_attempts"]
-    assert value(attempts, "webhooks_attempts_total", endpoint=B, result="success") == 1
+    assert value(attempts, "webhooks_attempts_total", endpoint=LB, result="success") == 1
 
 
 def test_other_paths_are_not_found(server: Callable[[Callable[[], str]], str]) -> None:

@@ -190,3 +190,33 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValidationError):
         settings.timeout_s = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("variable", "bad", "hint"),
+    [
+        ("WEBHOOKS_SECRETS_KEY", "hunter2-not-a-fernet-key", "not a Fernet key"),
+        ("WEBHOOKS_METRICS_AUTH", "token-without-scheme", "bearer:TOKEN"),
+    ],
+)
+def test_a_bad_secret_setting_is_refused_without_being_echoed(
+    monkeypatch: pytest.MonkeyPatch, variable: str, bad: str, hint: str
+) -> None:
+    monkeypatch.setenv(variable, bad)
+
+    with pytest.raises(ValidationError) as excinfo:
+        Settings()
+
+    assert hint in str(excinfo.value) and bad not in str(excinfo.value)
+
+
+def test_secret_and_metrics_settings_default_to_plain_loopback_and_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("WEBHOOKS_SECRETS_KEY", "WEBHOOKS_METRICS_AUTH", "WEBHOOKS_METRICS_BIND"):
+        monkeypatch.delenv(name, raising=False)
+
+    settings = Settings()
+
+    assert settings.secrets_keys == ()
+    assert settings.metrics_bind == "127.0.0.1" and settings.metrics_credentials is None

@@ -1,9 +1,12 @@
 """Conversation configurations and their signing secrets, kept in Redis.
 
 The stored shape is the guide's ``{"channel", "usecase", "config":
-{"workflow_id", "callback_url"}}`` plus the secrets. A rotated-out secret
-keeps signing beside the new one for the overlap period, so a receiver can
-deploy the new secret without rejecting a single webhook.
+{"workflow_id", "callback_url"}}`` plus the secrets. A replaced secret (by
+``rotate_secret`` or by ``set`` with a new one) keeps signing beside the new
+one for the overlap period, so a receiver can deploy the new secret without
+rejecting a single webhook. Every secret still inside its overlap keeps
+signing, up to ``MAX_PREVIOUS_SECRETS``: rotating twice in a day must not
+cut off receivers still on the first secret.
 """
 
 from __future__ import annotations
@@ -16,23 +19,37 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from webhooks import keys
-from webhooks.errors import InvalidConfiguration
+from webhooks import keys, secrets_at_rest
+from webhooks.errors import InvalidConfiguration, SecretsLocked
 from webhooks.events import Channel
 from webhooks.ratelimit import Limits, RateLimit
+from webhooks.secretbox import SecretBox
 from webhooks.signing import generate_secret, secret_key
 from webhooks.urlpolicy import check_url, resolve_public
 
 __all__ = [
+    "MAX_PREVIOUS_SECRETS",
     "CachedConversations",
     "CallbackConfig",
     "Conversation",
     "ConversationConfig",
     "ConversationReader",
     "ConversationStore",
+    "PreviousSecret",
 ]
+
+#: Replaced secrets that may sign at once beside the current one: a bound on
+#: the signature header and on the secrets a leak of one record exposes.
+MAX_PREVIOUS_SECRETS = 5
 
 
 class CallbackConfig(BaseModel):
@@ -67,25 +84,44 @@ class ConversationConfig(BaseModel):
     config: CallbackConfig
 
 
+class PreviousSecret(BaseModel):
+    """A replaced secret that keeps signing until ``expires_at`` (epoch seconds)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    secret: str
+    expires_at: float
+
+
 class Conversation(ConversationConfig):
-    """A stored configuration with its secrets."""
+    """A stored configuration with its secrets (previous ones newest first)."""
 
     conversation_id: str
     secret: str
-    previous_secret: str | None = None
-    previous_secret_expires_at: float | None = None
+    previous_secrets: tuple[PreviousSecret, ...] = ()
     updated_at: float = Field(default_factory=time.time)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        # Records written before several previous secrets were kept.
+        if isinstance(data, dict) and "previous_secret" in data:
+            data = dict(data)
+            old, expires_at = (
+                data.pop("previous_secret"),
+                data.pop("previous_secret_expires_at", None),
+            )
+            if old and expires_at is not None:
+                data["previous_secrets"] = [{"secret": old, "expires_at": expires_at}]
+        return data
+
     def signing_secrets(self, now: float | None = None) -> list[str]:
+        """The current secret, then every previous one still inside its overlap."""
         current = time.time() if now is None else now
-        found = [self.secret]
-        if (
-            self.previous_secret
-            and self.previous_secret_expires_at is not None
-            and current < self.previous_secret_expires_at
-        ):
-            found.append(self.previous_secret)
-        return found
+        return [self.secret, *(p.secret for p in self.live_previous(current))]
+
+    def live_previous(self, now: float) -> tuple[PreviousSecret, ...]:
+        return tuple(p for p in self.previous_secrets if now < p.expires_at)
 
 
 def normalize_id(conversation_id: str) -> str:
@@ -103,11 +139,15 @@ class ConversationStore:
         allow_http: bool,
         allow_private: bool,
         rotation_overlap_s: int,
+        box: SecretBox | None = None,
     ) -> None:
+        """``box`` seals secrets before they reach Redis; without one they are
+        stored plain, and reading a sealed one raises :class:`SecretsLocked`."""
         self._redis = client
         self._allow_http = allow_http
         self._allow_private = allow_private
         self._overlap_s = rotation_overlap_s
+        self._box = box
 
     def validate(self, config: ConversationConfig | dict[str, Any]) -> ConversationConfig:
         """Check shape and URL policy, resolving the host once (registration only)."""
@@ -141,26 +181,43 @@ class ConversationStore:
         config: ConversationConfig | dict[str, Any],
         *,
         secret: str | None = None,
+        at_once: bool = False,
+        now: float | None = None,
     ) -> Conversation:
-        """Register or update; keeps the existing secret unless one is given."""
+        """Register or update; keeps the existing secret unless one is given.
+
+        A new ``secret`` for an existing conversation replaces the current one
+        as a rotation does: the old one keeps signing for the overlap, unless
+        ``at_once`` (a leaked secret) drops every old secret now.
+        """
         cid = normalize_id(conversation_id)
         valid = self.validate(config)
         if secret is not None:
             secret_key(secret)
+        current = time.time() if now is None else now
         existing = self.get(cid)
+        if existing is None:
+            kept: tuple[PreviousSecret, ...] = ()
+            secret = secret or generate_secret()
+        elif secret is None or secret == existing.secret:
+            kept = () if at_once else existing.previous_secrets
+            secret = existing.secret
+        else:
+            kept = self._retire(existing, current, at_once=at_once)
         conversation = Conversation(
             conversation_id=cid,
             **valid.model_dump(),
-            secret=secret or (existing.secret if existing else generate_secret()),
-            previous_secret=None if secret or not existing else existing.previous_secret,
-            previous_secret_expires_at=(
-                None if secret or not existing else existing.previous_secret_expires_at
-            ),
+            secret=secret,
+            previous_secrets=kept,
+            updated_at=current,
         )
         self._save(conversation)
         return conversation
 
-    def rotate_secret(self, conversation_id: str, *, now: float | None = None) -> Conversation:
+    def rotate_secret(
+        self, conversation_id: str, *, at_once: bool = False, now: float | None = None
+    ) -> Conversation:
+        """A new secret; the old ones keep signing for the overlap unless ``at_once``."""
         cid = normalize_id(conversation_id)
         existing = self.get(cid)
         if existing is None:
@@ -169,24 +226,42 @@ class ConversationStore:
         rotated = existing.model_copy(
             update={
                 "secret": generate_secret(),
-                "previous_secret": existing.secret,
-                "previous_secret_expires_at": current + self._overlap_s,
+                "previous_secrets": self._retire(existing, current, at_once=at_once),
                 "updated_at": current,
             }
         )
         self._save(rotated)
         return rotated
 
+    def _retire(
+        self, existing: Conversation, now: float, *, at_once: bool
+    ) -> tuple[PreviousSecret, ...]:
+        """The previous secrets once ``existing.secret`` is replaced, newest first."""
+        if at_once or self._overlap_s <= 0:
+            return ()
+        retired = PreviousSecret(secret=existing.secret, expires_at=now + self._overlap_s)
+        return (retired, *existing.live_previous(now))[:MAX_PREVIOUS_SECRETS]
+
     def get(self, conversation_id: str) -> Conversation | None:
         raw = self._redis.get(keys.conversation(normalize_id(conversation_id)))
-        return None if raw is None else Conversation.model_validate_json(raw)
+        return None if raw is None else self._load(raw)
 
     def list_all(self) -> list[Conversation]:
         ids = sorted(str(i) for i in self._redis.smembers(keys.CONVERSATIONS))
         if not ids:
             return []
         raws = self._redis.mget([keys.conversation(i) for i in ids])
-        return [Conversation.model_validate_json(r) for r in raws if r is not None]
+        return [self._load(r) for r in raws if r is not None]
+
+    def check_key(self) -> None:
+        """Raise :class:`SecretsLocked` unless the stored secrets can be opened."""
+        secrets_at_rest.check_key(self._redis, self._box)
+
+    def encrypt_secrets(self) -> tuple[int, int]:
+        """Seal plain secrets, move sealed ones to the first key (the migration)."""
+        if self._box is None:
+            raise SecretsLocked("set WEBHOOKS_SECRETS_KEY to encrypt the stored secrets")
+        return secrets_at_rest.encrypt_all(self._redis, self._box)
 
     def delete(self, conversation_id: str) -> bool:
         cid = normalize_id(conversation_id)
@@ -197,10 +272,19 @@ class ConversationStore:
         return bool(deleted)
 
     def _save(self, conversation: Conversation) -> None:
+        data = conversation.model_dump(mode="json")
         pipe = self._redis.pipeline()
-        pipe.set(keys.conversation(conversation.conversation_id), conversation.model_dump_json())
+        if self._box is not None:
+            secrets_at_rest.seal_record(data, self._box)
+            secrets_at_rest.mark_sealed(pipe, self._box)
+        pipe.set(keys.conversation(conversation.conversation_id), json.dumps(data))
         pipe.sadd(keys.CONVERSATIONS, conversation.conversation_id)
         pipe.execute()
+
+    def _load(self, raw: str | bytes) -> Conversation:
+        data = json.loads(raw)
+        secrets_at_rest.open_record(data, self._box)
+        return Conversation.model_validate(data)
 
 
 class ConversationReader(Protocol):

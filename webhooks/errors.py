@@ -5,7 +5,8 @@
     WebhookError
     ├── InvalidEvent (ValueError)        the event does not match the guide's payload
     ├── InvalidConfiguration (ValueError) a conversation configuration is unusable
-    │   └── PolicyRefusal                 a URL or address the security policy forbids
+    │   ├── PolicyRefusal                 a URL or address the security policy forbids
+    │   └── SecretsLocked                 stored secrets are encrypted and no key opens them
     ├── DeliveryError                     one attempt did not end in a 2xx
     │   ├── RetryableDeliveryError        network error, timeout, any non-2xx: try again
     │   └── PermanentDeliveryError        retrying cannot help (no callback, refused URL)
@@ -31,6 +32,7 @@ __all__ = [
     "PermanentDeliveryError",
     "PolicyRefusal",
     "RetryableDeliveryError",
+    "SecretsLocked",
     "SignatureMismatch",
     "WebhookError",
     "kind_of",
@@ -93,6 +95,14 @@ class InvalidConfiguration(WebhookError, ValueError):
 
 class PolicyRefusal(InvalidConfiguration):
     """The security policy forbids this URL or address (http, private network)."""
+
+
+class SecretsLocked(InvalidConfiguration):
+    """Signing secrets in Redis are encrypted and no configured key opens them.
+
+    Raised at start (worker, CLI) rather than on the first delivery: without
+    the key nothing can be signed, and nothing should be attempted.
+    """
 
 
 class DeliveryError(WebhookError):

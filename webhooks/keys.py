@@ -18,6 +18,7 @@ __all__ = [
     "METRICS_TOTALS",
     "PARKED_ENDPOINTS",
     "PREFIX",
+    "SECRETS_CANARY",
     "SLOW_ENDPOINTS",
     "WORKERS",
     "EndpointKeys",
@@ -36,6 +37,9 @@ PREFIX = "webhooks"
 
 #: Set of registered conversation ids.
 CONVERSATIONS = f"{PREFIX}:conversations"
+#: A known text sealed with the secrets key, written with the first encrypted
+#: secret: its presence says secrets are encrypted, opening it checks the key.
+SECRETS_CANARY = f"{PREFIX}:secrets:canary"
 #: Sorted set of dead-lettered webhook ids, scored by failure time (epoch s).
 DEAD_LETTERS = f"{PREFIX}:dead"
 #: Broker Redis: sorted set of live worker incarnations, scored by their last

@@ -1,22 +1,26 @@
-"""Prometheus text exposition of the shared metrics, and the server for it.
+"""Prometheus text exposition of the shared metrics.
 
-``webhooks metrics-server`` runs this as its own process: it reads Redis at
-each scrape, so one server reports every worker on every machine, and any
-number of such servers report the same numbers.
+``webhooks metrics-server`` (webhooks/metrics_http.py) serves this from its
+own process: it reads Redis at each scrape, so one server reports every
+worker on every machine, and any number of such servers report the same
+numbers.
+
+Endpoint labels are ``host:port/`` plus a short hash of the path, never the
+path itself: callback paths often carry tokens, and whoever can read
+``/metrics`` (or Prometheus, or its dashboards) must not learn them.
+``webhooks stats`` shows the full URLs to those who can read Redis.
 """
 
 from __future__ import annotations
 
-import logging
+import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from webhooks.metrics import BUCKETS_S, Sample
 
-__all__ = ["render", "serve"]
-
-log = logging.getLogger(__name__)
+__all__ = ["endpoint_label", "render"]
 
 _COUNTERS = {
     "deliveries": "Deliveries that ended, by outcome (delivered or failed).",
@@ -25,6 +29,20 @@ _COUNTERS = {
     "retries": "HTTP attempts after the first one of a delivery.",
 }
 PREFIX = "webhooks_"
+
+
+def endpoint_label(endpoint: str) -> str:
+    """``host:port/`` and the first 8 hex digits of the path's SHA-256.
+
+    ``https://a.example:443/hooks/t0ken?x=1`` → ``a.example:443/8af2197d``:
+    enough to tell one endpoint of a host from another, nothing of the path,
+    never the query. ``other`` (the overflow label) stays as it is.
+    """
+    if "://" not in endpoint:
+        return endpoint
+    parts = urlsplit(endpoint)
+    digest = hashlib.sha256((parts.path or "/").encode()).hexdigest()[:8]
+    return f"{parts.netloc.rpartition('@')[2]}/{digest}"
 
 
 def _escape(value: str) -> str:
@@ -50,9 +68,12 @@ def render(samples: list[Sample], gauges: dict[str, dict[str, float]]) -> str:
     for name, help_text in _COUNTERS.items():
         metric = f"{PREFIX}{name}_total"
         lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
-        for s in sorted((s for s in samples if s.name == name), key=_sort_key):
-            pairs = (("endpoint", s.endpoint), *s.labels)
-            lines.append(f"{metric}{_labels(pairs)} {_fmt(s.value)}")
+        summed: dict[tuple[tuple[str, str], ...], float] = defaultdict(float)
+        for s in samples:
+            if s.name == name:  # two paths hashing alike must not make a duplicate series
+                summed[(("endpoint", endpoint_label(s.endpoint)), *s.labels)] += s.value
+        for pairs, total in sorted(summed.items()):
+            lines.append(f"{metric}{_labels(pairs)} {_fmt(total)}")
     lines += _histogram(samples)
     for name, values in gauges.items():
         label = "queue" if name == "queue_depth" else "kind"
@@ -62,19 +83,15 @@ def render(samples: list[Sample], gauges: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sort_key(sample: Sample) -> tuple[str, tuple[tuple[str, str], ...]]:
-    return sample.endpoint, sample.labels
-
-
 def _histogram(samples: list[Sample]) -> list[str]:
     name = f"{PREFIX}attempt_duration_seconds"
     buckets: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     sums: dict[str, float] = defaultdict(float)
     for s in samples:
         if s.name == "attempt_duration_bucket":
-            buckets[s.endpoint][dict(s.labels)["le"]] += s.value
+            buckets[endpoint_label(s.endpoint)][dict(s.labels)["le"]] += s.value
         elif s.name == "attempt_duration_sum":
-            sums[s.endpoint] += s.value
+            sums[endpoint_label(s.endpoint)] += s.value
     lines = [
         f"# HELP {name} Duration of HTTP attempts, request to response.",
         f"# TYPE {name} histogram",
@@ -88,29 +105,3 @@ def _histogram(samples: list[Sample]) -> list[str]:
         lines.append(f"{name}_sum{_labels([('endpoint', endpoint)])} {sums[endpoint]!r}")
         lines.append(f"{name}_count{_labels([('endpoint', endpoint)])} {_fmt(cumulative)}")
     return lines
-
-
-def serve(host: str, port: int, scrape: Callable[[], str]) -> ThreadingHTTPServer:
-    """An HTTP server answering ``GET /metrics`` with ``scrape()``; not started."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] != "/metrics":
-                self.send_error(404, "try /metrics")
-                return
-            try:
-                body = scrape().encode()
-            except Exception:
-                log.exception("scrape failed")
-                self.send_error(503, "metrics unavailable (is Redis reachable?)")
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    return ThreadingHTTPServer((host, port), Handler)

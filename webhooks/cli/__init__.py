@@ -14,6 +14,7 @@ import redis
 from pydantic import ValidationError
 
 from config.settings import Settings
+from config.wiring import check_secrets_key
 from webhooks.cli import conversations, endpoints, operations
 from webhooks.cli.context import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, Context
 from webhooks.errors import InvalidConfiguration
@@ -41,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = connect(settings.redis_url, socket_timeout_s=settings.redis_socket_timeout_s)
     context = Context(settings=settings, store=client)
     try:
+        if not (args.command == "conversations" and args.action == "encrypt-secrets"):
+            check_secrets_key(client, settings)
         if args.command == "conversations":
             return conversations.run(args, context)
         if args.command == "endpoints":

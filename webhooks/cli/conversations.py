@@ -10,7 +10,7 @@ from typing import Any
 
 from config.wiring import conversation_store
 from webhooks.cli.context import EXIT_NOT_FOUND, Context, print_json
-from webhooks.conversations import Conversation
+from webhooks.conversations import Conversation, ConversationStore
 from webhooks.errors import InvalidConfiguration
 
 __all__ = ["add_parser", "run"]
@@ -29,7 +29,19 @@ def add_parser(commands: Any) -> None:
         help='JSON in the guide\'s shape: {"channel", "usecase", "config": {"callback_url"}}',
     )
     source.add_argument("--callback-url", help="just the HTTPS callback URL")
-    set_.add_argument("--secret", help="a whsec_ signing secret (default: keep or generate)")
+    given = set_.add_mutually_exclusive_group()
+    given.add_argument(
+        "--secret-file",
+        type=Path,
+        help="read the whsec_ signing secret from this file (default: keep or generate)",
+    )
+    given.add_argument(
+        "--secret-stdin", action="store_true", help="read the whsec_ signing secret from stdin"
+    )
+    given.add_argument(
+        "--secret", help="the secret itself: visible in ps and shell history, prefer the above"
+    )
+    set_.add_argument("--now", action="store_true", help=_NOW_HELP)
 
     get = actions.add_parser("get", help="show one configuration")
     get.add_argument("conversation_id")
@@ -44,6 +56,32 @@ def add_parser(commands: Any) -> None:
         "rotate-secret", help="new secret; the old one keeps signing for the overlap period"
     )
     rotate.add_argument("conversation_id")
+    rotate.add_argument("--now", action="store_true", help=_NOW_HELP)
+
+    actions.add_parser(
+        "encrypt-secrets",
+        help="seal plain secrets with WEBHOOKS_SECRETS_KEY, move sealed ones to its first key",
+    )
+
+
+_NOW_HELP = "old secrets stop signing at once (a leaked secret); default: they overlap"
+
+
+def _secret_from(args: argparse.Namespace) -> str | None:
+    """The secret given by --secret-file, --secret-stdin or --secret, if any."""
+    if args.secret_file is not None:
+        try:
+            text = Path(args.secret_file).read_text()
+        except OSError as exc:
+            raise InvalidConfiguration(f"cannot read {args.secret_file}: {exc.strerror}") from exc
+    elif args.secret_stdin:
+        text = sys.stdin.read()
+    else:
+        return None if args.secret is None else str(args.secret)
+    secret = text.strip()
+    if not secret:
+        raise InvalidConfiguration("the secret given is empty")
+    return secret
 
 
 def _masked(secret: str | None) -> str | None:
@@ -53,9 +91,9 @@ def _masked(secret: str | None) -> str | None:
 def _render(conversation: Conversation, *, show_secret: bool) -> dict[str, Any]:
     data = conversation.model_dump(mode="json", exclude_none=True)
     if not show_secret:
-        for key in ("secret", "previous_secret"):
-            if key in data:
-                data[key] = _masked(data[key])
+        data["secret"] = _masked(data["secret"])
+        for previous in data.get("previous_secrets", []):
+            previous["secret"] = _masked(previous["secret"])
     return data
 
 
@@ -75,14 +113,16 @@ def run(args: argparse.Namespace, context: Context) -> int:
     store = conversation_store(context.store, context.settings)
     action = args.action
     if action == "set":
-        conversation = store.set(args.conversation_id, _config_from(args), secret=args.secret)
+        conversation = store.set(
+            args.conversation_id, _config_from(args), secret=_secret_from(args), at_once=args.now
+        )
         print_json(_render(conversation, show_secret=True))
         return 0
-    if action == "list":
-        print_json([_render(c, show_secret=False) for c in store.list_all()])
-        return 0
+    if action in ("encrypt-secrets", "list"):
+        return _encrypt_secrets(store) if action == "encrypt-secrets" else _list(store)
     if action == "rotate-secret":
-        print_json(_render(store.rotate_secret(args.conversation_id), show_secret=True))
+        rotated = store.rotate_secret(args.conversation_id, at_once=args.now)
+        print_json(_render(rotated, show_secret=True))
         return 0
     if action == "get":
         found = store.get(args.conversation_id)
@@ -94,3 +134,17 @@ def run(args: argparse.Namespace, context: Context) -> int:
         return 0
     sys.stderr.write(f"error: conversation {args.conversation_id} is not registered\n")
     return EXIT_NOT_FOUND
+
+
+def _encrypt_secrets(store: ConversationStore) -> int:
+    rewritten, seen = store.encrypt_secrets()
+    sys.stderr.write(
+        f"{rewritten} of {seen} conversation(s) rewritten; every stored secret is now "
+        "sealed with the first key of WEBHOOKS_SECRETS_KEY\n"
+    )
+    return 0
+
+
+def _list(store: ConversationStore) -> int:
+    print_json([_render(c, show_secret=False) for c in store.list_all()])
+    return 0

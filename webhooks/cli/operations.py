@@ -18,8 +18,9 @@ from webhooks.cli.context import (
 from webhooks.cli.terminal import printable
 from webhooks.deadletters import DeadLetter, DeadLetters
 from webhooks.metrics import Metrics
+from webhooks.metrics_http import serve
 from webhooks.progress import Delivery
-from webhooks.prometheus import render, serve
+from webhooks.prometheus import render
 from webhooks.queues import dead_letter_count, queue_depths
 from webhooks.stats import format_table, summarize
 from webhooks.store import connect
@@ -51,7 +52,7 @@ def add_parsers(commands: Any) -> None:
     stats.add_argument("--json", action="store_true")
 
     server = commands.add_parser("metrics-server", help="serve Prometheus /metrics")
-    server.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a server's job
+    server.add_argument("--host", help="listen address (default: WEBHOOKS_METRICS_BIND)")
     server.add_argument("--port", type=int, default=9808)
 
 
@@ -210,8 +211,16 @@ def _metrics_server(args: argparse.Namespace, context: Context) -> int:
         }
         return render(metrics.totals(), gauges)
 
-    server = serve(args.host, args.port, scrape)
-    sys.stderr.write(f"serving Prometheus metrics on http://{args.host}:{args.port}/metrics\n")
+    host = args.host or settings.metrics_bind
+    server = serve(
+        host,
+        args.port,
+        scrape,
+        auth=settings.metrics_credentials,
+        timeout_s=settings.metrics_timeout_s,
+    )
+    guarded = "with auth" if settings.metrics_credentials else "without auth"
+    sys.stderr.write(f"serving Prometheus metrics on http://{host}:{args.port}/metrics {guarded}\n")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import sys
 from typing import Any
 
@@ -56,6 +57,7 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
         }
         self.conf.update(
             broker_url=settings.effective_broker_url,
+            broker_use_ssl=_broker_tls(settings),
             broker_transport_options=redis_options,
             broker_connection_retry_on_startup=True,
             result_backend=None,
@@ -94,6 +96,16 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
         amqp = self.__dict__.get("amqp")
         if amqp is not None:
             amqp._producer_pool = None
+
+
+def _broker_tls(settings: Settings) -> dict[str, Any] | None:
+    """TLS for a ``rediss://`` broker: the certificate always verified."""
+    if not settings.effective_broker_url.startswith("rediss://"):
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_ca_bundle is not None:
+        options["ssl_ca_certs"] = str(settings.redis_ca_bundle)
+    return options
 
 
 def create_app(settings: Settings | None = None) -> WebhooksCelery:

@@ -35,11 +35,20 @@ class Settings(BaseSettings):
         env_prefix="WEBHOOKS_", frozen=True, extra="ignore", hide_input_in_errors=True
     )
 
+    # Out of repr: a URL may carry Redis' password.
     redis_url: str = Field(
         "redis://localhost:6379/0",
         description="Store for conversations, secrets and outcomes; also the broker by default.",
+        repr=False,
     )
-    broker_url: str | None = Field(None, description="A separate Celery broker, if any.")
+    broker_url: str | None = Field(
+        None, description="A separate Celery broker, if any.", repr=False
+    )
+    redis_ca_bundle: Path | None = Field(
+        None,
+        description="CA certificates (PEM) that a rediss:// store or broker is verified "
+        "against, instead of the system store.",
+    )
 
     timeout_s: float = Field(30.0, gt=0, description="Read timeout of one delivery attempt.")
     connect_timeout_s: float = Field(10.0, gt=0, description="TCP+TLS connect timeout.")

@@ -37,7 +37,19 @@ __all__ = [
 
 def store_client(settings: Settings) -> redis.Redis:
     """A client of the store (``WEBHOOKS_REDIS_URL``) with the configured timeouts."""
-    return connect(settings.redis_url, socket_timeout_s=settings.redis_socket_timeout_s)
+    return _client(settings.redis_url, settings)
+
+
+def broker_client(settings: Settings) -> redis.Redis:
+    """A plain Redis client of the broker, for what kombu does not do itself
+    (worker heartbeats, queue depths)."""
+    return _client(settings.effective_broker_url, settings)
+
+
+def _client(url: str, settings: Settings) -> redis.Redis:
+    return connect(
+        url, socket_timeout_s=settings.redis_socket_timeout_s, ca_bundle=settings.redis_ca_bundle
+    )
 
 
 def secret_box(settings: Settings) -> SecretBox | None:

@@ -15,12 +15,12 @@ from typing import Any
 
 from celery import bootsteps
 
+from config import wiring
 from config.celery_app import app
 from tasks.delivery import deliver_webhook
 from tasks.routing import router
 from webhooks.parking import ParkedDelivery, ParkingLot
 from webhooks.queues import RELEASED_QUEUE, SLOW_QUEUE
-from webhooks.store import connect
 
 __all__ = ["ParkedDeliveryPump", "Pump"]
 
@@ -80,7 +80,7 @@ class ParkedDeliveryPump(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, worker: Any) -> None:
         settings = worker.app.settings
-        client = connect(settings.redis_url, socket_timeout_s=settings.redis_socket_timeout_s)
+        client = wiring.store_client(settings)
         pump = Pump(ParkingLot(client), owner=worker.hostname)
         self._thread = threading.Thread(
             target=self._run, args=(pump, settings.pump_interval_s), name="webhooks-pump"

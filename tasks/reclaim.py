@@ -36,9 +36,9 @@ import redis
 from celery import bootsteps
 from celery.signals import task_received
 
+from config import wiring
 from config.celery_app import app
 from webhooks import keys
-from webhooks.store import connect
 
 __all__ = ["Reclaimer", "WorkerReclaim"]
 
@@ -147,9 +147,7 @@ class WorkerReclaim(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, consumer: Any) -> None:
         settings = consumer.app.settings
-        client = connect(
-            settings.effective_broker_url, socket_timeout_s=settings.redis_socket_timeout_s
-        )
+        client = wiring.broker_client(settings)
         connection = consumer.app.connection_for_write()
         reclaimer = Reclaimer(
             client,

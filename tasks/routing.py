@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from config import wiring
 from config.celery_app import WebhooksCelery, app
 from config.wiring import conversation_store
 from webhooks.conversations import CachedConversations, normalize_id
@@ -27,7 +28,6 @@ from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import InvalidConfiguration
 from webhooks.health import HealthStore
 from webhooks.queues import QUEUE, SLOW_QUEUE
-from webhooks.store import connect
 
 __all__ = ["EndpointRouter", "router"]
 
@@ -114,9 +114,7 @@ class EndpointRouter:
     def _redis(self) -> redis.Redis:
         settings = self._app.settings
         if self._client is None or self._client_url != settings.redis_url:
-            self._client = connect(
-                settings.redis_url, socket_timeout_s=settings.redis_socket_timeout_s
-            )
+            self._client = wiring.store_client(settings)
             self._client_url = settings.redis_url
             self._slow_read_at = float("-inf")
             self._conversations = None

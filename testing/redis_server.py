@@ -7,11 +7,14 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+__all__ = ["RedisServer", "ServerTLS", "find_redis_server", "free_port"]
 
 
 def free_port() -> int:
@@ -37,18 +40,65 @@ def find_redis_server() -> str:
     return str(bundled)
 
 
-class RedisServer:
-    """A throwaway Redis with AOF on, so a restart keeps queued work."""
+@dataclass(frozen=True)
+class ServerTLS:
+    """PEM files for a TLS-only Redis: its certificate, key and the CA that signed it."""
 
-    def __init__(self, *, directory: Path | None = None) -> None:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+class RedisServer:
+    """A throwaway Redis with AOF on, so a restart keeps queued work.
+
+    ``user``/``password`` make it an ACL-protected Redis (the default user
+    off) and ``tls`` a TLS-only one; :attr:`url` then carries the user, the
+    password and ``rediss://``, as a deployment's URL would.
+    """
+
+    def __init__(
+        self,
+        *,
+        directory: Path | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        tls: ServerTLS | None = None,
+    ) -> None:
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="webhooks-redis-")
         self.directory = directory or Path(self._tmp.name)  # type: ignore[union-attr]
         self.port = 0
+        self._user, self._password, self.tls = user, password, tls
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        credentials = ""
+        if self._password is not None:
+            credentials = f"{self._user or ''}:{self._password}@"
+        return f"{scheme}://{credentials}127.0.0.1:{self.port}/0"
+
+    def _security_args(self, port: int) -> Sequence[str]:
+        args: list[str] = ["--port", str(port)]
+        if self.tls:
+            args = [
+                "--port", "0", "--tls-port", str(port),
+                "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        if self._password is not None and self._user:
+            args += ["--user", "default", "off"]
+            args += ["--user", self._user, "on", f">{self._password}", "~*", "&*", "+@all"]
+        elif self._password is not None:
+            args += ["--requirepass", self._password]
+        return args
+
+    def _client_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"username": self._user, "password": self._password}
+        if self.tls:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls.ca))
+        return options
 
     def start(self, *, attempts: int = 5) -> RedisServer:
         """Start on a fresh free port (or the previous one after :meth:`stop`)."""
@@ -58,7 +108,7 @@ class RedisServer:
             process = subprocess.Popen(
                 [
                     binary,
-                    "--port", str(port),
+                    *self._security_args(port),
                     "--bind", "127.0.0.1",
                     "--save", "",
                     "--appendonly", "yes",
@@ -80,7 +130,9 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not start after {attempts} attempts")
 
     def _wait_ready(self, port: int, process: subprocess.Popen[bytes]) -> bool:
-        client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis(
+            port=port, socket_timeout=1, socket_connect_timeout=1, **self._client_options()
+        )
         deadline = time.monotonic() + 10
         try:
             while time.monotonic() < deadline:

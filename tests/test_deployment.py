@@ -71,7 +71,22 @@ def test_compose_worker_can_scale() -> None:
 
     # --scale needs no fixed name and no published port
     assert "container_name" not in worker and "ports" not in worker
-    assert worker["environment"]["WEBHOOKS_REDIS_URL"].startswith("redis://redis:")
+    assert worker["environment"]["WEBHOOKS_REDIS_URL"].endswith("@redis:6379/0")
+
+
+def test_compose_redis_requires_a_password_that_every_service_uses() -> None:
+    services = compose()["services"]  # type: ignore[index]
+
+    # Redis refuses to start without REDIS_PASSWORD, and asks every client for it
+    command = services["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == "${REDIS_PASSWORD:?set REDIS_PASSWORD}"
+    assert services["redis"]["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD")
+
+    # And every service that talks to it carries the password in its URL
+    for name, service in services.items():
+        if name != "redis":
+            url = service["environment"]["WEBHOOKS_REDIS_URL"]
+            assert url == "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD}@redis:6379/0", name
 
 
 def _published(service: str, env: dict[str, str]) -> list[tuple[str, str]]:

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import redis
 from pydantic import ValidationError
 
+from config import wiring
 from config.settings import Settings
 from config.wiring import check_secrets_key
 from webhooks.cli import conversations, endpoints, operations
 from webhooks.cli.context import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, Context
 from webhooks.errors import InvalidConfiguration
-from webhooks.store import connect
 
 __all__ = ["EXIT_INVALID", "EXIT_NOT_FOUND", "EXIT_UNAVAILABLE", "main"]
 
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         sys.stderr.write(f"error: invalid WEBHOOKS_ settings: {exc}\n")
         return EXIT_INVALID
-    client = connect(settings.redis_url, socket_timeout_s=settings.redis_socket_timeout_s)
+    client = wiring.store_client(settings)
     context = Context(settings=settings, store=client)
     try:
         if not (args.command == "conversations" and args.action == "encrypt-secrets"):

@@ -7,6 +7,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from config import wiring
 from webhooks.attempts import AttemptLog, AttemptRecord
 from webhooks.cli.context import (
     EXIT_INVALID,
@@ -23,7 +24,6 @@ from webhooks.progress import Delivery
 from webhooks.prometheus import render
 from webhooks.queues import dead_letter_count, queue_depths
 from webhooks.stats import format_table, summarize
-from webhooks.store import connect
 
 __all__ = ["add_parsers", "run"]
 
@@ -199,9 +199,7 @@ def _stats(args: argparse.Namespace, context: Context) -> int:
 
 def _metrics_server(args: argparse.Namespace, context: Context) -> int:
     settings = context.settings
-    broker = connect(
-        settings.effective_broker_url, socket_timeout_s=settings.redis_socket_timeout_s
-    )
+    broker = wiring.broker_client(settings)
     metrics = Metrics(context.store)
 
     def scrape() -> str:

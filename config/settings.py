@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -69,6 +69,11 @@ class Settings(BaseSettings):
         description="whsec_ secret for deliveries to a conversation that has none registered.",
     )
 
+    ordering: Literal["conversation", "off"] = Field(
+        "off",
+        description="conversation: every conversation's events arrive in publication order "
+        "unless its config says ordering none; off: only those whose config says conversation.",
+    )
     max_event_bytes: int = Field(
         256 * 1024,
         gt=0,

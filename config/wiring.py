@@ -8,6 +8,8 @@ build through these functions, so they run the same objects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis
 
 from config.settings import Settings
@@ -17,8 +19,10 @@ from webhooks.delivery import USER_AGENT, Deliverer, Poster
 from webhooks.health import HealthStore
 from webhooks.metrics import Metrics
 from webhooks.observer import Observer
+from webhooks.ordering import OrderedLines
 from webhooks.outcomes import OutcomeStore
 from webhooks.parking import ParkingLot
+from webhooks.progress import Delivery
 from webhooks.ratelimit import Limiter
 from webhooks.secretbox import SecretBox
 from webhooks.sender import Sender
@@ -87,11 +91,17 @@ def delivery_policy(settings: Settings) -> DeliveryPolicy:
     )
 
 
-def deliverer(settings: Settings, *, sender: Poster | None = None) -> Deliverer:
+def deliverer(
+    settings: Settings,
+    *,
+    sender: Poster | None = None,
+    wake: Callable[[Delivery], object] | None = None,
+) -> Deliverer:
     """A deliverer with its own Redis client and HTTP connection pool.
 
     ``sender`` replaces the real one (unit tests); the deliverer owns and
-    closes whichever it gets.
+    closes whichever it gets. ``wake`` publishes an ordered conversation's
+    next event (the task layer's, which knows the broker).
     """
     client = store_client(settings)
     return Deliverer(
@@ -115,6 +125,8 @@ def deliverer(settings: Settings, *, sender: Poster | None = None) -> Deliverer:
         limiter=Limiter(client, lease_s=settings.lease_s) if settings.limits_enabled else None,
         parking=ParkingLot(client),
         policy=delivery_policy(settings),
+        lines=OrderedLines(client),
+        **({"wake": wake} if wake is not None else {}),
         observer=Observer(
             AttemptLog(client, retention_s=settings.log_retention_s),
             Metrics(client),

@@ -32,7 +32,7 @@ from config import wiring
 from config.celery_app import WebhooksCelery, app
 from tasks.routing import router
 from webhooks import backoff
-from webhooks.delivery import Deliverer, Job, Parked
+from webhooks.delivery import AlreadyEnded, Deliverer, Job, Parked
 from webhooks.errors import (
     DeliveryError,
     ErrorKind,
@@ -41,6 +41,7 @@ from webhooks.errors import (
     RetryableDeliveryError,
 )
 from webhooks.events import MessageEvent, event_body, parse_event
+from webhooks.ordering import OrderedLines
 from webhooks.progress import Delivery
 from webhooks.queues import SLOW_QUEUE
 from webhooks.signing import new_webhook_id
@@ -58,7 +59,17 @@ class DeliveryTask(Task):  # type: ignore[misc]
     def deliverer(self) -> Deliverer:
         # Built on first use, i.e. inside the pool process after the fork, so
         # each process gets its own HTTP connection pool and Redis client.
-        return wiring.deliverer(self.app.settings)
+        return wiring.deliverer(self.app.settings, wake=self.publish)
+
+    def publish(self, delivery: Delivery) -> None:
+        """Publish ``delivery`` where it left off (an ordered line's next event)."""
+        kwargs = delivery.task_kwargs()
+        self.apply_async(
+            kwargs=kwargs,
+            task_id=delivery.webhook_id,
+            retries=delivery.retries,
+            queue=router.queue_for(kwargs),
+        )
 
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
@@ -94,9 +105,34 @@ class DeliveryTask(Task):  # type: ignore[misc]
             "callback_url": callback_url,
             "webhook_id": webhook_id,
         }
+        lines = None
+        if normalized.get("sequence") is None:
+            lines = router.ordered_lines(normalized)
+            if lines is not None:
+                normalized["sequence"] = lines.assign(str(parsed.conversation_id))
         # The first publish uses the webhook-id as task id, so the
         # AsyncResult a producer gets back names the delivery in our records.
-        return super().apply_async((), normalized, task_id or webhook_id, **options)
+        try:
+            return super().apply_async((), normalized, task_id or webhook_id, **options)
+        except Exception:
+            if lines is not None:
+                # Never published: the line must not wait for it.
+                self._skip(lines, str(parsed.conversation_id), normalized)
+            raise
+
+    def _skip(self, lines: OrderedLines, conversation_id: str, kwargs: dict[str, Any]) -> None:
+        delivery = Delivery.from_task(kwargs, retries=0, task_id=kwargs["webhook_id"])
+        try:
+            successor = lines.end(conversation_id, int(kwargs["sequence"]))
+            if successor is not None:
+                self.publish(successor)
+                lines.released(conversation_id, successor)
+        except Exception:
+            log.exception(
+                "sequence %s of conversation %s was not published and could not be skipped",
+                delivery.sequence,
+                conversation_id,
+            )
 
     def retry(  # noqa: PLR0917 - Celery's own signature
         self,
@@ -165,7 +201,7 @@ class DeliveryTask(Task):  # type: ignore[misc]
             return
         # Not the cached deliverer: in a prefork parent it would be inherited
         # by every pool process forked later.
-        deliverer = wiring.deliverer(self.app.settings)
+        deliverer = wiring.deliverer(self.app.settings, wake=self.publish)
         try:
             _dead_letter(deliverer, delivery, error)
         finally:
@@ -271,6 +307,7 @@ def deliver_webhook(
     attempt: int | None = None,
     waited_s: float = 0.0,
     place_ms: int = 0,
+    sequence: int | None = None,
 ) -> dict[str, Any]:
     """POST ``event`` to its conversation's callback (or ``callback_url``).
 
@@ -283,6 +320,13 @@ def deliver_webhook(
         delivery, queue=queue, worker=self.request.hostname or "", routed_slow=queue == SLOW_QUEUE
     )
     result = self.deliverer.attempt(job)
+    if isinstance(result, AlreadyEnded):
+        log.info(
+            "delivery %s (sequence %d) had already ended; not sent again",
+            delivery.webhook_id,
+            result.sequence,
+        )
+        return {"already_ended": result.sequence}
     if isinstance(result, Parked):
         log.info(
             "delivery %s parked for about %.1f s (%s)",
@@ -319,13 +363,7 @@ def _dead_letter(
 
     ``event`` is the task's argument as given, when that may not be a dict.
     """
-    outcome = deliverer.record_failure(
-        delivery.event if event is None else event,
-        webhook_id=delivery.webhook_id,
-        callback_url=delivery.callback_url,
-        attempts=delivery.attempt,
-        error=error,
-    )
+    outcome = deliverer.record_failure(delivery, error, event=event)
     log.warning(
         "delivery %s dead-lettered after %d attempt(s): %s: %s",
         delivery.webhook_id,

@@ -19,6 +19,7 @@ from config import wiring
 from config.celery_app import app
 from tasks.delivery import deliver_webhook
 from tasks.routing import router
+from webhooks.ordering import OrderedLines
 from webhooks.parking import ParkedDelivery, ParkingLot
 from webhooks.queues import RELEASED_QUEUE, SLOW_QUEUE
 
@@ -35,13 +36,14 @@ CLAIM_TTL_S = 10.0
 
 
 class Pump:
-    def __init__(self, lot: ParkingLot, *, owner: str) -> None:
+    def __init__(self, lot: ParkingLot, *, owner: str, lines: OrderedLines | None = None) -> None:
         self._lot = lot
         self._owner = owner
+        self._lines = lines
 
     def tick(self) -> int:
         """One pass over the due endpoints; returns how many were republished."""
-        released = 0
+        released = self._publish_due_lines()
         for endpoint in self._lot.due():
             if not self._lot.claim(endpoint, self._owner, ttl_s=CLAIM_TTL_S):
                 continue
@@ -50,6 +52,18 @@ class Pump:
             finally:
                 self._lot.unclaim(endpoint, self._owner)
         return released
+
+    def _publish_due_lines(self) -> int:
+        """Ordered lines whose next event was handed out but, as far as Redis
+        knows, never published (its publisher died or the broker was away)."""
+        if self._lines is None:
+            return 0
+        published = 0
+        for conversation_id, delivery in self._lines.due():
+            deliver_webhook.publish(delivery)
+            self._lines.released(conversation_id, delivery)
+            published += 1
+        return published
 
     def _release(self, endpoint: str) -> int:
         room = self._lot.take(endpoint, max_batch=MAX_BATCH)
@@ -81,7 +95,7 @@ class ParkedDeliveryPump(bootsteps.StartStopStep):  # type: ignore[misc]
     def start(self, worker: Any) -> None:
         settings = worker.app.settings
         client = wiring.store_client(settings)
-        pump = Pump(ParkingLot(client), owner=worker.hostname)
+        pump = Pump(ParkingLot(client), owner=worker.hostname, lines=OrderedLines(client))
         self._thread = threading.Thread(
             target=self._run, args=(pump, settings.pump_interval_s), name="webhooks-pump"
         )

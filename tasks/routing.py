@@ -14,6 +14,7 @@ Retries and releases from a waiting line are routed again, at that moment.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -27,7 +28,10 @@ from webhooks.conversations import CachedConversations, normalize_id
 from webhooks.endpoints import normalize_endpoint
 from webhooks.errors import InvalidConfiguration
 from webhooks.health import HealthStore
+from webhooks.ordering import OrderedLines
 from webhooks.queues import QUEUE, SLOW_QUEUE
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EndpointRouter", "router"]
 
@@ -46,6 +50,8 @@ class EndpointRouter:
         self._slow_read_at = float("-inf")
         self._conversations: CachedConversations | None = None
         self._lookup_failed_at = float("-inf")
+        self._lines: OrderedLines | None = None
+        self._lines_client: redis.Redis | None = None
 
     def __call__(
         self, name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any
@@ -61,6 +67,31 @@ class EndpointRouter:
         except (redis.RedisError, InvalidConfiguration, ValueError, TypeError):
             return QUEUE  # routing is an optimisation; never fail a publish over it
         return SLOW_QUEUE if endpoint and self.is_slow(endpoint) else QUEUE
+
+    def ordered_lines(self, kwargs: dict[str, Any]) -> OrderedLines | None:
+        """The ordered lines, if this delivery's conversation is delivered in order.
+
+        Decided at publication, from the conversation's configuration as the
+        router last read it (``WEBHOOKS_ROUTE_CACHE_S``). If the store cannot
+        be read the event is published unordered, with a warning: it could
+        not be numbered anyway.
+        """
+        event = kwargs.get("event") or {}
+        try:
+            conversation = self._conversation_cache().get(
+                normalize_id(str(event.get("conversation_id", "")))
+            )
+        except (redis.RedisError, InvalidConfiguration, ValueError):
+            log.warning("cannot read the conversation's configuration; published unordered")
+            return None
+        mode = conversation.config.ordering if conversation is not None else None
+        if (mode or self._app.settings.ordering) != "conversation":
+            return None
+        client = self._redis()
+        with self._lock:
+            if self._lines is None or self._lines_client is not client:
+                self._lines, self._lines_client = OrderedLines(client), client
+            return self._lines
 
     def is_slow(self, endpoint: str) -> bool:
         try:

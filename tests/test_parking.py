@@ -88,8 +88,11 @@ def test_parked_delivery_round_trips_through_json() -> None:
     assert ParkedDelivery.from_json(item.to_json()) == item
     assert set(json.loads(item.to_json())) == {
         "event", "callback_url", "webhook_id", "attempt", "retries", "waited_s", "place_ms",
-        "parked_id",
+        "sequence", "parked_id",
     }  # fmt: skip
+    # And a line written before ordering existed (no "sequence") still loads
+    legacy = {k: v for k, v in json.loads(item.to_json()).items() if k != "sequence"}
+    assert ParkedDelivery.from_json(json.dumps(legacy)) == item
 
 
 def test_park_queues_and_indexes_the_endpoint(

@@ -26,6 +26,7 @@ def test_task_kwargs_are_the_tasks_own_parameters() -> None:
         "attempt": 3,
         "waited_s": 2.5,
         "place_ms": 1234,
+        "sequence": None,
     }
     assert kwargs["event"] is EVENT  # handed on, not copied
 

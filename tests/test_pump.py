@@ -149,6 +149,7 @@ def test_tick_republishes_parked_deliveries_with_their_progress(
             "attempt": 3,
             "waited_s": 4.0,
             "place_ms": places[item.webhook_id],
+            "sequence": None,
         }
 
     # And they are no longer parked; the endpoint is looked at again once the

@@ -15,7 +15,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 import redis
@@ -59,6 +59,9 @@ class CallbackConfig(BaseModel):
     workflow_id: str | None = None
     rate_limit: str | None = None  # overrides WEBHOOKS_RATE_LIMIT, e.g. "300/minute"
     max_concurrency: int | None = Field(None, ge=1)  # overrides WEBHOOKS_MAX_CONCURRENCY
+    # "conversation": events arrive in publication order; "none": unordered;
+    # unset: as WEBHOOKS_ORDERING says (off unless set).
+    ordering: Literal["conversation", "none"] | None = None
 
     @field_validator("rate_limit")
     @classmethod

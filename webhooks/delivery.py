@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ from webhooks.errors import (
 )
 from webhooks.events import MessageEvent, event_body, parse_event
 from webhooks.observer import AttemptFacts, Observer
+from webhooks.ordering import OrderedLines, Turn
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.parking import ParkingLot
 from webhooks.progress import Delivery
@@ -39,7 +41,16 @@ from webhooks.sender import SentResponse
 from webhooks.signing import signature_headers
 from webhooks.targets import DeliveryPolicy, Target, resolve_target
 
-__all__ = ["USER_AGENT", "Delivered", "Deliverer", "DeliveryPolicy", "Job", "Parked", "Poster"]
+__all__ = [
+    "USER_AGENT",
+    "AlreadyEnded",
+    "Delivered",
+    "Deliverer",
+    "DeliveryPolicy",
+    "Job",
+    "Parked",
+    "Poster",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +94,22 @@ class Ended:
 
 
 @dataclass(frozen=True, slots=True)
+class AlreadyEnded:
+    """A redelivered event of an ordered conversation that had already ended."""
+
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
 class Parked:
     """Waiting in Redis for the endpoint; the task is done with it."""
 
     wait_s: float
     reason: str
+
+
+def _cannot_wake(delivery: Delivery) -> None:
+    raise RuntimeError(f"no publisher for {delivery.webhook_id}, next in its line")
 
 
 class Deliverer:
@@ -104,6 +126,8 @@ class Deliverer:
         parking: ParkingLot,
         policy: DeliveryPolicy,
         observer: Observer | None = None,
+        lines: OrderedLines | None = None,
+        wake: Callable[[Delivery], object] = _cannot_wake,
     ) -> None:
         self.redis = redis_client
         self.sender = sender
@@ -113,8 +137,10 @@ class Deliverer:
         self.parking = parking
         self.policy = policy
         self.observer = observer
+        self.lines = lines
+        self.wake = wake  # publishes an ordered conversation's next event
 
-    def attempt(self, job: Job) -> Delivered | Parked:
+    def attempt(self, job: Job) -> Delivered | Parked | AlreadyEnded:
         """Make one attempt, or park the job if its endpoint has no room.
 
         Raises :class:`RetryableDeliveryError` or :class:`PermanentDeliveryError`
@@ -122,6 +148,14 @@ class Deliverer:
         """
         delivery = job.delivery
         parsed, body = _parse(delivery.event)
+        conversation_id = str(parsed.conversation_id)
+        if delivery.sequence is not None and self.lines is not None:
+            with redis_unavailable("enter the conversation's line"):
+                turn = self.lines.enter(conversation_id, delivery)
+            if turn is Turn.WAIT:
+                return Parked(wait_s=0.0, reason=f"order: after {delivery.sequence - 1}")
+            if turn is Turn.ENDED:
+                return AlreadyEnded(delivery.sequence)
         try:
             target = resolve_target(parsed, delivery.callback_url, self.conversations, self.policy)
         except PermanentDeliveryError as exc:
@@ -136,6 +170,8 @@ class Deliverer:
             "X-Webhook-Attempt": str(delivery.attempt),
             **signature_headers(target.secrets, delivery.webhook_id, body),
         }
+        if delivery.sequence is not None:
+            headers["X-Webhook-Sequence"] = str(delivery.sequence)
         grant = self._acquire(target, delivery)
         if isinstance(grant, Denied):
             return self._park(target, delivery, wait_s=grant.wait_s, reason=grant.reason)
@@ -166,6 +202,13 @@ class Deliverer:
             started, response.duration_s, status=response.status, note=response.body_error
         )
         self._finish(job, parsed, target, grant, ended)
+        try:
+            self._move_line_on(conversation_id, delivery)
+        except redis.RedisError as exc:
+            # Acknowledged now, the line would wait on this event for ever.
+            raise OutcomeNotRecorded(
+                f"{delivery.webhook_id} was delivered but its line could not move on"
+            ) from exc
         return Delivered(status=response.status, duration_s=response.duration_s)
 
     def close(self) -> None:
@@ -180,33 +223,55 @@ class Deliverer:
             self.observer.flush()
 
     def record_failure(
-        self,
-        event: Any,
-        *,
-        webhook_id: str,
-        callback_url: str | None,
-        attempts: int,
-        error: BaseException,
+        self, delivery: Delivery, error: BaseException, *, event: Any = None
     ) -> Outcome:
-        """Keep a failed delivery as a dead letter with its last error."""
+        """Keep a failed delivery as a dead letter with its last error; its
+        ordered line, if any, moves on.
+
+        ``event`` is the task's argument as given, when that may not be the
+        dict the delivery carries.
+        """
+        event = delivery.event if event is None else event
         event_dict = event if isinstance(event, dict) else {}
         data = event_dict.get("data")
-        url = callback_url or self._configured_url(event_dict.get("conversation_id"))
+        url = delivery.callback_url or self._configured_url(event_dict.get("conversation_id"))
         outcome = Outcome(
-            webhook_id=webhook_id,
+            webhook_id=delivery.webhook_id,
             state="failed",
             conversation_id=_str_or_none(event_dict.get("conversation_id")),
             message_id=_str_or_none(data.get("id")) if isinstance(data, dict) else None,
             url=url,
-            attempts=attempts,
+            attempts=delivery.attempt,
             status=error.status if isinstance(error, DeliveryError) else None,
             error_kind=str(kind_of(error)),
             error=str(error)[:500] or type(error).__name__,
+            sequence=delivery.sequence,
         )
-        self.outcomes.failed(outcome, event=event, callback_url=callback_url)
+        self.outcomes.failed(outcome, event=event, callback_url=delivery.callback_url)
         if self.observer is not None:
             self.observer.ended(normalize_endpoint(url) if url else "", delivered=False)
+        if outcome.conversation_id is not None:
+            self._move_line_on(outcome.conversation_id, delivery)
         return outcome
+
+    def _move_line_on(self, conversation_id: str, delivery: Delivery) -> None:
+        """``delivery`` ended: let its ordered conversation's next event go, at once."""
+        if delivery.sequence is None or self.lines is None:
+            return
+        successor = self.lines.end(conversation_id, delivery.sequence)
+        if successor is None:
+            return
+        try:
+            self.wake(successor)
+        except Exception:
+            # The line holds it; the pump publishes it (OrderedLines.due).
+            log.warning(
+                "could not publish %s, next in its line; the pump will",
+                successor.webhook_id,
+                exc_info=True,
+            )
+            return
+        self.lines.released(conversation_id, successor)
 
     def _observe(
         self,
@@ -351,6 +416,7 @@ class Deliverer:
             attempts=delivery.attempt,
             status=ended.status,
             duration_s=round(ended.duration_s, 6),
+            sequence=delivery.sequence,
         )
 
 

@@ -16,18 +16,22 @@ __all__ = [
     "KNOWN_ENDPOINTS",
     "METRICS_ENDPOINTS",
     "METRICS_TOTALS",
+    "ORDERED_BLOCKED",
+    "ORDERED_DUE",
     "PARKED_ENDPOINTS",
     "PREFIX",
     "SECRETS_CANARY",
     "SLOW_ENDPOINTS",
     "WORKERS",
     "EndpointKeys",
+    "LineKeys",
     "attempts_by_conversation",
     "attempts_by_message",
     "conversation",
     "dead_letter",
     "delivery",
     "endpoint",
+    "line",
     "metrics_minute",
     "worker_held",
     "worker_reaping",
@@ -48,6 +52,13 @@ WORKERS = f"{PREFIX}:workers"
 #: Sorted set of endpoints with parked deliveries, scored by when (epoch ms)
 #: the pump should next look at them.
 PARKED_ENDPOINTS = f"{PREFIX}:parked"
+#: Ordered conversations whose line holds waiting events, scored by when
+#: (epoch ms) the event now at its head began to hold them back.
+ORDERED_BLOCKED = f"{PREFIX}:ordered:blocked"
+#: Ordered conversations whose next event was taken out of the line to be
+#: published, scored by when (epoch ms) the pump should publish it if that
+#: publish never happened.
+ORDERED_DUE = f"{PREFIX}:ordered:due"
 #: Set of endpoints currently judged slow: the router's snapshot source.
 SLOW_ENDPOINTS = f"{PREFIX}:slow-endpoints"
 #: Set of endpoints with a health record, for ``webhooks endpoints``.
@@ -129,4 +140,28 @@ def endpoint(normalized: str) -> EndpointKeys:
         limits=f"{base}:limits",
         health=f"{base}:health",
         pump_lock=f"{base}:pump",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LineKeys:
+    """One ordered conversation's keys; the {conversation} hash tag keeps
+    them in one Cluster slot for the scripts."""
+
+    sequence: str  # string: the last sequence number given out
+    next: str  # string: the sequence number now allowed to be delivered
+    waiting: str  # hash: sequence number -> delivery JSON, events held back
+    ended: str  # set: sequence numbers that ended before their turn came
+
+    def for_script(self) -> list[str]:
+        return [self.sequence, self.next, self.waiting, self.ended]
+
+
+def line(conversation_id: str) -> LineKeys:
+    base = f"{PREFIX}:line:{{{conversation_id}}}"
+    return LineKeys(
+        sequence=f"{base}:sequence",
+        next=f"{base}:next",
+        waiting=f"{base}:waiting",
+        ended=f"{base}:ended",
     )

@@ -33,6 +33,7 @@ class Outcome:
     error: str | None = None
     duration_s: float | None = None
     finished_at: float = field(default_factory=time.time)
+    sequence: int | None = None  # its place in an ordered conversation
 
     def to_dict(self) -> dict[str, Any]:
         """Shallow, as every field is a plain value: asdict() deep-copies each."""

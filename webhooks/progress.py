@@ -27,6 +27,7 @@ class Delivery:
     retries: int = 0  # retry budget used so far (Celery's ``retries``)
     waited_s: float = 0.0  # time spent waiting on a receiver's 429s so far
     place_ms: int = 0  # place in the endpoint's waiting line, kept when parked again
+    sequence: int | None = None  # place in an ordered conversation (X-Webhook-Sequence)
 
     @classmethod
     def from_task(cls, kwargs: dict[str, Any] | None, *, retries: int, task_id: str) -> Delivery:
@@ -45,6 +46,7 @@ class Delivery:
             retries=retries,
             waited_s=float(given.get("waited_s") or 0.0),
             place_ms=int(given.get("place_ms") or 0),
+            sequence=_int_or_none(given.get("sequence")),
         )
 
     def task_kwargs(self) -> dict[str, Any]:
@@ -54,3 +56,7 @@ class Delivery:
 
 
 _TASK_KWARGS = tuple(f.name for f in fields(Delivery) if f.name != "retries")
+
+
+def _int_or_none(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]

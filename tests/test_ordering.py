@@ -1,0 +1,121 @@
+"""webhooks.ordering: an ordered conversation's line, on a real Redis of the module's own."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import redis
+
+from webhooks import keys
+from webhooks.ordering import PUBLISH_WITHIN_S, OrderedLines, Turn
+from webhooks.progress import Delivery
+
+
+@pytest.fixture
+def lines(own_client: redis.Redis) -> OrderedLines:
+    return OrderedLines(own_client)
+
+
+@pytest.fixture
+def cid() -> str:
+    return str(uuid.uuid4())
+
+
+def event(cid: str, sequence: int) -> Delivery:
+    return Delivery({"conversation_id": cid}, f"msg_{sequence}", sequence=sequence)
+
+
+def test_sequence_numbers_are_one_order_per_conversation(lines: OrderedLines, cid: str) -> None:
+    # Given two conversations, numbered in turns
+    other = str(uuid.uuid4())
+    given = [lines.assign(cid), lines.assign(other), lines.assign(cid), lines.assign(cid)]
+
+    # Then each has its own gapless order from 1
+    assert given == [1, 1, 2, 3]
+
+
+def test_the_first_event_goes_and_its_successors_wait(lines: OrderedLines, cid: str) -> None:
+    # When events 2, 3 and 1 reach workers in that order
+    turns = [lines.enter(cid, event(cid, n)) for n in (2, 3, 1)]
+
+    # Then only 1 may be delivered; 2 and 3 wait in the line
+    assert turns == [Turn.WAIT, Turn.WAIT, Turn.NOW]
+    (blocked,) = lines.blocked()
+    assert (blocked.conversation_id, blocked.next_sequence, blocked.waiting) == (cid, 1, 2)
+
+
+def test_an_end_hands_out_exactly_the_next_event(lines: OrderedLines, cid: str) -> None:
+    # Given 1 in flight and 2, 3 waiting
+    for n in (2, 3, 1):
+        lines.enter(cid, event(cid, n))
+
+    # When 1 ends, the line hands out 2 (and only 2)
+    successor = lines.end(cid, 1)
+    assert successor == event(cid, 2)
+
+    # Then 2, published, is let through; 3 still waits behind it
+    lines.released(cid, successor)
+    assert lines.enter(cid, successor) is Turn.NOW
+    assert lines.enter(cid, event(cid, 3)) is Turn.WAIT
+    assert lines.end(cid, 2) == event(cid, 3)
+
+
+def test_a_redelivered_event_that_already_ended_is_not_let_through(
+    lines: OrderedLines, cid: str
+) -> None:
+    # Given event 1 delivered and ended
+    lines.enter(cid, event(cid, 1))
+    lines.end(cid, 1)
+
+    # When a worker crash makes the broker hand it out again
+    # Then it is recognised as ended, and a second end changes nothing
+    assert lines.enter(cid, event(cid, 1)) is Turn.ENDED
+    assert lines.end(cid, 1) is None
+    assert lines.enter(cid, event(cid, 2)) is Turn.NOW
+
+
+def test_a_skipped_number_does_not_block_the_line(lines: OrderedLines, cid: str) -> None:
+    # Given 3 waiting, and 2 never published (its producer's publish failed)
+    lines.enter(cid, event(cid, 1))
+    lines.enter(cid, event(cid, 3))
+    assert lines.end(cid, 2) is None  # skipped while 1 is still in flight
+
+    # When 1 ends
+    # Then the line moves past 2, at once, to 3
+    assert lines.end(cid, 1) == event(cid, 3)
+
+
+def test_an_unconfirmed_hand_out_is_due_for_the_pump_once(
+    lines: OrderedLines, own_client: redis.Redis, cid: str
+) -> None:
+    # Given 2 handed out when 1 ended, but its publisher died before saying so
+    lines.enter(cid, event(cid, 2))
+    lines.enter(cid, event(cid, 1))
+    assert lines.end(cid, 1) == event(cid, 2)
+    assert lines.due() == []  # its publisher still has time
+
+    # When the publish window has passed
+    own_client.zadd(keys.ORDERED_DUE, {cid: int((time.time() - 1) * 1000)})
+
+    # Then one pump gets it to publish, and no other
+    assert lines.due() == [(cid, event(cid, 2))]
+    assert lines.due() == []
+    assert PUBLISH_WITHIN_S > 0
+
+
+def test_a_line_with_no_one_waiting_is_not_blocked(lines: OrderedLines, cid: str) -> None:
+    # Given 1 in flight and 2 waiting
+    lines.enter(cid, event(cid, 1))
+    lines.enter(cid, event(cid, 2))
+    assert [b.conversation_id for b in lines.blocked()] == [cid]
+
+    # When both end in turn
+    successor = lines.end(cid, 1)
+    assert successor is not None
+    lines.released(cid, successor)
+    lines.end(cid, 2)
+
+    # Then nothing is held back any more
+    assert lines.blocked() == []

@@ -24,7 +24,9 @@ from webhooks.cli.terminal import printable
 from webhooks.conversations import ConversationStore
 from webhooks.endpoints import normalize_endpoint
 from webhooks.health import HealthPolicy, HealthStore
+from webhooks.ordering import OrderedLines
 from webhooks.outcomes import Outcome
+from webhooks.progress import Delivery
 from webhooks.queues import QUEUE, SLOW_QUEUE
 from webhooks.signing import generate_secret
 
@@ -364,3 +366,26 @@ def test_log_and_dead_list_escape_what_a_receiver_wrote_json_stays_exact(
     code, out, _ = run(capsys, "dead", "list", "--json")
     (letter,) = [d for d in json.loads(out) if d["webhook_id"] == result.id]
     assert location in letter["outcome"]["error"]
+
+
+def test_lines_shows_blocked_ordered_lines_and_for_how_long(
+    capsys: pytest.CaptureFixture[str], redis_client: redis.Redis
+) -> None:
+    # Given an ordered conversation whose event 1 is in flight and 2 waits
+    cid, lines = str(uuid.uuid4()), OrderedLines(redis_client)
+    for n in (1, 2):
+        lines.enter(cid, Delivery({"conversation_id": cid}, f"msg_{n}", sequence=n))
+    try:
+        # When the lines are listed, as JSON and as text
+        code, out, _ = run(capsys, "conversations", "lines", "--json")
+        _, text, _ = run(capsys, "conversations", "lines")
+
+        # Then the line is there: waiting on 1, one event behind it
+        assert code == 0
+        (line,) = [b for b in json.loads(out) if b["conversation_id"] == cid]
+        assert (line["next_sequence"], line["waiting"]) == (1, 1)
+        assert line["blocked_s"] >= 0
+        assert any(row.split()[:3] == [cid, "1", "1"] for row in text.splitlines())
+    finally:
+        lines.end(cid, 1)
+        lines.end(cid, 2)

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from webhooks import keys
-from webhooks.ordering import PUBLISH_WITHIN_S, OrderedLines, Turn
+from webhooks.ordering import PUBLISH_WITHIN_S, OrderedLines, Turn, ordered_line_gauges
 from webhooks.progress import Delivery
 
 
@@ -119,3 +119,23 @@ def test_a_line_with_no_one_waiting_is_not_blocked(lines: OrderedLines, cid: str
 
     # Then nothing is held back any more
     assert lines.blocked() == []
+
+
+def test_the_metrics_gauges_count_blocked_lines_and_the_oldest_age(
+    lines: OrderedLines, own_client: redis.Redis, cid: str
+) -> None:
+    # Given no blocked line, the gauges are zero
+    assert ordered_line_gauges(lines) == {
+        "ordered_lines_blocked": {"all": 0.0},
+        "ordered_line_blocked_seconds": {"oldest": 0.0},
+    }
+
+    # When a line has been blocked for about 90 s
+    lines.enter(cid, event(cid, 1))
+    lines.enter(cid, event(cid, 2))
+    own_client.zadd(keys.ORDERED_BLOCKED, {cid: int((time.time() - 90) * 1000)})
+
+    # Then they count it and show its age
+    gauges = ordered_line_gauges(lines)
+    assert gauges["ordered_lines_blocked"] == {"all": 1.0}
+    assert 89 <= gauges["ordered_line_blocked_seconds"]["oldest"] <= 95

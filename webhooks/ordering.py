@@ -134,6 +134,17 @@ class OrderedLines:
         return lines
 
 
+def ordered_line_gauges(lines: OrderedLines) -> dict[str, dict[str, float]]:
+    """Blocked ordered lines for the metrics server: how many, and the oldest's age."""
+    blocked = lines.blocked()
+    return {
+        "ordered_lines_blocked": {"all": float(len(blocked))},
+        "ordered_line_blocked_seconds": {
+            "oldest": max((b.blocked_s for b in blocked), default=0.0)
+        },
+    }
+
+
 def _to_json(delivery: Delivery) -> str:
     return json.dumps(asdict(delivery), separators=(",", ":"))
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from config.wiring import conversation_store
 from webhooks.cli.context import EXIT_NOT_FOUND, Context, print_json
+from webhooks.cli.terminal import printable
 from webhooks.conversations import Conversation, ConversationStore
 from webhooks.errors import InvalidConfiguration
+from webhooks.ordering import OrderedLines
 
 __all__ = ["add_parser", "run"]
 
@@ -57,6 +60,11 @@ def add_parser(commands: Any) -> None:
     )
     rotate.add_argument("conversation_id")
     rotate.add_argument("--now", action="store_true", help=_NOW_HELP)
+
+    lines = actions.add_parser(
+        "lines", help="ordered conversations whose later events wait on an earlier one"
+    )
+    lines.add_argument("--json", action="store_true", help="machine-readable output")
 
     actions.add_parser(
         "encrypt-secrets",
@@ -118,8 +126,13 @@ def run(args: argparse.Namespace, context: Context) -> int:
         )
         print_json(_render(conversation, show_secret=True))
         return 0
-    if action in ("encrypt-secrets", "list"):
-        return _encrypt_secrets(store) if action == "encrypt-secrets" else _list(store)
+    listings = {
+        "lines": lambda: _lines(OrderedLines(context.store), as_json=args.json),
+        "encrypt-secrets": lambda: _encrypt_secrets(store),
+        "list": lambda: _list(store),
+    }
+    if action in listings:
+        return listings[action]()
     if action == "rotate-secret":
         rotated = store.rotate_secret(args.conversation_id, at_once=args.now)
         print_json(_render(rotated, show_secret=True))
@@ -147,4 +160,21 @@ def _encrypt_secrets(store: ConversationStore) -> int:
 
 def _list(store: ConversationStore) -> int:
     print_json([_render(c, show_secret=False) for c in store.list_all()])
+    return 0
+
+
+def _lines(lines: OrderedLines, *, as_json: bool) -> int:
+    blocked = lines.blocked()
+    if as_json:
+        print_json([asdict(b) for b in blocked])
+        return 0
+    if not blocked:
+        sys.stdout.write("no ordered line is blocked\n")
+        return 0
+    sys.stdout.write(f"{'conversation':36}  {'waits on':>8}  {'behind':>6}  blocked for\n")
+    for b in blocked:
+        sys.stdout.write(
+            f"{printable(b.conversation_id):36}  {b.next_sequence:>8}  {b.waiting:>6}  "
+            f"{b.blocked_s:.0f} s\n"
+        )
     return 0

@@ -20,6 +20,7 @@ from webhooks.cli.terminal import printable
 from webhooks.deadletters import DeadLetter, DeadLetters
 from webhooks.metrics import Metrics
 from webhooks.metrics_http import serve
+from webhooks.ordering import OrderedLines, ordered_line_gauges
 from webhooks.progress import Delivery
 from webhooks.prometheus import render
 from webhooks.queues import dead_letter_count, queue_depths
@@ -206,6 +207,7 @@ def _metrics_server(args: argparse.Namespace, context: Context) -> int:
         gauges: dict[str, dict[str, float]] = {
             "queue_depth": {k: float(v) for k, v in queue_depths(broker, context.store).items()},
             "dead_letters": {"all": float(dead_letter_count(context.store))},
+            **ordered_line_gauges(OrderedLines(context.store)),
         }
         return render(metrics.totals(), gauges)
 

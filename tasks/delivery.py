@@ -41,7 +41,7 @@ from webhooks.errors import (
     RetryableDeliveryError,
 )
 from webhooks.events import MessageEvent, event_body, parse_event
-from webhooks.ordering import OrderedLines
+from webhooks.ordering import OrderedLines, Turn
 from webhooks.progress import Delivery
 from webhooks.queues import SLOW_QUEUE
 from webhooks.signing import new_webhook_id
@@ -109,7 +109,14 @@ class DeliveryTask(Task):  # type: ignore[misc]
         if normalized.get("sequence") is None:
             lines = router.ordered_lines(normalized)
             if lines is not None:
-                normalized["sequence"] = lines.assign(str(parsed.conversation_id))
+                delivery = Delivery.from_task(
+                    normalized, retries=int(options.get("retries") or 0), task_id=webhook_id
+                )
+                sequence, turn = lines.admit(str(parsed.conversation_id), delivery)
+                normalized["sequence"] = sequence
+                if turn is Turn.WAIT:
+                    # Kept in Redis, in its line: published when its turn comes.
+                    return self.AsyncResult(task_id or webhook_id)
         # The first publish uses the webhook-id as task id, so the
         # AsyncResult a producer gets back names the delivery in our records.
         try:
@@ -126,7 +133,6 @@ class DeliveryTask(Task):  # type: ignore[misc]
             successor = lines.end(conversation_id, int(kwargs["sequence"]))
             if successor is not None:
                 self.publish(successor)
-                lines.released(conversation_id, successor)
         except Exception:
             log.exception(
                 "sequence %s of conversation %s was not published and could not be skipped",

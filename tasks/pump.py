@@ -54,16 +54,14 @@ class Pump:
         return released
 
     def _publish_due_lines(self) -> int:
-        """Ordered lines whose next event was handed out but, as far as Redis
-        knows, never published (its publisher died or the broker was away)."""
+        """Ordered lines whose next event was published but never started: its
+        publisher died first, or its message was lost on the way."""
         if self._lines is None:
             return 0
-        published = 0
-        for conversation_id, delivery in self._lines.due():
+        due = self._lines.due()
+        for _, delivery in due:
             deliver_webhook.publish(delivery)
-            self._lines.released(conversation_id, delivery)
-            published += 1
-        return published
+        return len(due)
 
     def _release(self, endpoint: str) -> int:
         room = self._lot.take(endpoint, max_batch=MAX_BATCH)

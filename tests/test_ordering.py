@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from webhooks import keys
-from webhooks.ordering import PUBLISH_WITHIN_S, OrderedLines, Turn, ordered_line_gauges
+from webhooks.ordering import START_WITHIN_S, OrderedLines, Turn, ordered_line_gauges
 from webhooks.progress import Delivery
 
 
@@ -27,13 +27,33 @@ def event(cid: str, sequence: int) -> Delivery:
     return Delivery({"conversation_id": cid}, f"msg_{sequence}", sequence=sequence)
 
 
-def test_sequence_numbers_are_one_order_per_conversation(lines: OrderedLines, cid: str) -> None:
-    # Given two conversations, numbered in turns
+def test_admission_numbers_each_conversation_in_publication_order(
+    lines: OrderedLines, cid: str
+) -> None:
+    # Given two conversations, published to in turns
     other = str(uuid.uuid4())
-    given = [lines.assign(cid), lines.assign(other), lines.assign(cid), lines.assign(cid)]
+    admitted = [
+        lines.admit(c, Delivery({"conversation_id": c}, f"msg_{i}"))
+        for i, c in enumerate((cid, other, cid, cid))
+    ]
 
-    # Then each has its own gapless order from 1
-    assert given == [1, 1, 2, 3]
+    # Then each has its own gapless order from 1; each first event goes to
+    # the broker, the later ones wait in their line
+    assert admitted == [(1, Turn.NOW), (1, Turn.NOW), (2, Turn.WAIT), (3, Turn.WAIT)]
+
+    # And a kept event is handed out with its number when its turn comes
+    assert lines.end(cid, 1) == Delivery({"conversation_id": cid}, "msg_2", sequence=2)
+
+
+def test_an_event_published_after_its_line_drained_goes_at_once(
+    lines: OrderedLines, cid: str
+) -> None:
+    # Given event 1 published and ended
+    assert lines.admit(cid, Delivery({"conversation_id": cid}, "msg_1")) == (1, Turn.NOW)
+    assert lines.end(cid, 1) is None
+
+    # Then event 2 goes straight to the broker
+    assert lines.admit(cid, Delivery({"conversation_id": cid}, "msg_2")) == (2, Turn.NOW)
 
 
 def test_the_first_event_goes_and_its_successors_wait(lines: OrderedLines, cid: str) -> None:
@@ -56,7 +76,6 @@ def test_an_end_hands_out_exactly_the_next_event(lines: OrderedLines, cid: str) 
     assert successor == event(cid, 2)
 
     # Then 2, published, is let through; 3 still waits behind it
-    lines.released(cid, successor)
     assert lines.enter(cid, successor) is Turn.NOW
     assert lines.enter(cid, event(cid, 3)) is Turn.WAIT
     assert lines.end(cid, 2) == event(cid, 3)
@@ -87,22 +106,47 @@ def test_a_skipped_number_does_not_block_the_line(lines: OrderedLines, cid: str)
     assert lines.end(cid, 1) == event(cid, 3)
 
 
-def test_an_unconfirmed_hand_out_is_due_for_the_pump_once(
+def past(own_client: redis.Redis, cid: str) -> None:
+    """As if the time to start the line's next event had run out."""
+    own_client.zadd(keys.ORDERED_DUE, {cid: int((time.time() - 1) * 1000)})
+
+
+def test_a_handed_out_event_not_started_in_time_is_published_again(
     lines: OrderedLines, own_client: redis.Redis, cid: str
 ) -> None:
-    # Given 2 handed out when 1 ended, but its publisher died before saying so
+    # Given 2 handed out when 1 ended, and then lost (its publisher died, or
+    # its message did)
     lines.enter(cid, event(cid, 2))
     lines.enter(cid, event(cid, 1))
     assert lines.end(cid, 1) == event(cid, 2)
-    assert lines.due() == []  # its publisher still has time
+    assert lines.due() == []  # it still has START_WITHIN_S to start
+    assert START_WITHIN_S >= 10
 
-    # When the publish window has passed
-    own_client.zadd(keys.ORDERED_DUE, {cid: int((time.time() - 1) * 1000)})
-
-    # Then one pump gets it to publish, and no other
+    # When its time has run out, one pump gets it to publish again, and the
+    # next pump only once its time has run out again
+    past(own_client, cid)
     assert lines.due() == [(cid, event(cid, 2))]
     assert lines.due() == []
-    assert PUBLISH_WITHIN_S > 0
+    past(own_client, cid)
+    assert lines.due() == [(cid, event(cid, 2))]
+
+    # Then once a worker starts it, it is due no more
+    assert lines.enter(cid, event(cid, 2)) is Turn.NOW
+    assert own_client.zscore(keys.ORDERED_DUE, cid) is None
+
+
+def test_a_first_event_whose_message_is_lost_is_published_again(
+    lines: OrderedLines, own_client: redis.Redis, cid: str
+) -> None:
+    # Given an event admitted to go to the broker at once, whose message
+    # never reaches a worker
+    assert lines.admit(cid, Delivery({"conversation_id": cid}, "msg_1"))[1] is Turn.NOW
+
+    # When its time has run out
+    past(own_client, cid)
+
+    # Then the pump publishes it again, numbered
+    assert lines.due() == [(cid, Delivery({"conversation_id": cid}, "msg_1", sequence=1))]
 
 
 def test_a_line_with_no_one_waiting_is_not_blocked(lines: OrderedLines, cid: str) -> None:
@@ -112,9 +156,8 @@ def test_a_line_with_no_one_waiting_is_not_blocked(lines: OrderedLines, cid: str
     assert [b.conversation_id for b in lines.blocked()] == [cid]
 
     # When both end in turn
-    successor = lines.end(cid, 1)
-    assert successor is not None
-    lines.released(cid, successor)
+    assert lines.end(cid, 1) is not None
+    assert lines.enter(cid, event(cid, 2)) is Turn.NOW
     lines.end(cid, 2)
 
     # Then nothing is held back any more

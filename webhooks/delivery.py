@@ -264,14 +264,12 @@ class Deliverer:
         try:
             self.wake(successor)
         except Exception:
-            # The line holds it; the pump publishes it (OrderedLines.due).
+            # The line keeps it until it starts; the pump publishes it again.
             log.warning(
                 "could not publish %s, next in its line; the pump will",
                 successor.webhook_id,
                 exc_info=True,
             )
-            return
-        self.lines.released(conversation_id, successor)
 
     def _observe(
         self,

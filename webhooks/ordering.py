@@ -1,26 +1,30 @@
 """Ordered delivery per conversation: event n+1 waits until event n has ended.
 
 Each event of an ordered conversation takes a sequence number when it is
-published (``INCR``, so any number of producers share one order) and is
-published as usual. When its task runs, :meth:`OrderedLines.enter` lets it
-through only if it is the conversation's next; otherwise it waits in the
-conversation's line in Redis, and its task finishes without an attempt or
-any retry budget used. When event n ends, delivered or dead-lettered,
-:meth:`OrderedLines.end` moves the line on and hands out event n+1, which
-the caller publishes at once: the successor is woken, not polled.
+published (:meth:`OrderedLines.admit`, one script, so any number of
+producers share one order). The conversation's next event goes to the
+broker as usual; a later one waits in the conversation's line in Redis,
+published nowhere, using no worker and no retry budget. When event n ends,
+delivered or dead-lettered, :meth:`OrderedLines.end` moves the line on and
+hands out event n+1, which the caller publishes at once: the successor is
+woken, not polled. A task always asks :meth:`OrderedLines.enter` first, so
+a delivery the broker hands out again (a retry, a redelivery after a crash)
+goes through only while it is the line's next.
 
-Crash safety comes from the broker: a delivery that a dead worker held is
-handed out again and, still being the next, goes through again, while its
-successor waits. A handed-out successor stays in the line until
-:meth:`released` (publish first, then remove); should that publish never
-happen, the pump publishes it from :meth:`due` after ``PUBLISH_WITHIN_S``.
+Crash safety: a delivery that a dead worker held is handed out again by the
+broker and, still being the next, goes through again while its successor
+waits. Every event stays kept in the line until a worker starts it, so one
+whose publish or message was lost (a publisher killed before it published,
+a worker killed between taking a message from the queue and recording it,
+which kombu's Redis transport cannot make atomic) is published again by the
+pump (:meth:`due`) after ``START_WITHIN_S``: at least once, never skipped.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import cast
 
@@ -32,9 +36,10 @@ from webhooks.ratelimit import load_script
 
 __all__ = ["BlockedLine", "OrderedLines", "Turn"]
 
-#: A handed-out successor is published by the pump if its publisher has not
-#: said it did within this long.
-PUBLISH_WITHIN_S = 10.0
+#: The line's next event, published, is published again by the pump if no
+#: worker has started it within this long (it may wait behind a backlog:
+#: too short a time costs duplicates, too long a stall after a lost message).
+START_WITHIN_S = 30.0
 
 
 class Turn(Enum):
@@ -54,45 +59,43 @@ class BlockedLine:
 class OrderedLines:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+        self._admit = load_script(client, "line_admit")
         self._enter = load_script(client, "line_enter")
         self._end = load_script(client, "line_end")
 
-    def assign(self, conversation_id: str) -> int:
-        """The next sequence number of the conversation: publication order."""
-        return int(self._redis.incr(keys.line(conversation_id).sequence))
+    def admit(self, conversation_id: str, delivery: Delivery) -> tuple[int, Turn]:
+        """Number a newly published event: :attr:`Turn.NOW` to publish it, or
+        :attr:`Turn.WAIT`: it is kept in the line, and published when its turn comes."""
+        seq, now = self._admit(
+            keys=_script_keys(conversation_id),
+            args=[_to_json(delivery), conversation_id, _START_WITHIN_MS],
+        )
+        return int(seq), Turn.NOW if int(now) else Turn.WAIT
 
     def enter(self, conversation_id: str, delivery: Delivery) -> Turn:
         """May ``delivery`` be attempted now? If not, it waits in the line."""
         if delivery.sequence is None:
             raise ValueError(f"{delivery.webhook_id} has no place in an ordered line")
-        line = keys.line(conversation_id)
         verdict = self._enter(
-            keys=[*line.for_script(), keys.ORDERED_BLOCKED],
+            keys=_script_keys(conversation_id),
             args=[delivery.sequence, _to_json(delivery), conversation_id],
         )
         return Turn(int(verdict))
 
     def end(self, conversation_id: str, sequence: int) -> Delivery | None:
         """Event ``sequence`` ended: move the line on; returns the event to publish now."""
-        line = keys.line(conversation_id)
         reply = self._end(
-            keys=[*line.for_script(), keys.ORDERED_BLOCKED, keys.ORDERED_DUE],
-            args=[sequence, conversation_id, int(PUBLISH_WITHIN_S * 1000)],
+            keys=_script_keys(conversation_id),
+            args=[sequence, conversation_id, _START_WITHIN_MS],
         )
         if not reply:
             return None
-        return _from_json(str(reply[1]))
-
-    def released(self, conversation_id: str, delivery: Delivery) -> None:
-        """``delivery``, handed out by :meth:`end` or :meth:`due`, is published."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hdel(keys.line(conversation_id).waiting, str(delivery.sequence))
-        pipe.zrem(keys.ORDERED_DUE, conversation_id)
-        pipe.execute()
+        return _from_json(str(reply[1]), sequence=int(reply[0]))
 
     def due(self, *, limit: int = 100) -> list[tuple[str, Delivery]]:
-        """Handed-out successors whose publish was never confirmed, claimed for
-        the caller to publish (ZREM: one pump gets each)."""
+        """Lines whose next event was published but not started in time, for the
+        caller to publish again; each is given its time again (ZREM first: one
+        pump gets it)."""
         found = []
         now_ms = int(time.time() * 1000)
         for conversation_id in self._redis.zrangebyscore(
@@ -102,10 +105,11 @@ class OrderedLines:
             if not self._redis.zrem(keys.ORDERED_DUE, cid):
                 continue  # another pump took it
             line = keys.line(cid)
-            next_seq = self._redis.get(line.next) or "1"
+            next_seq = int(self._redis.get(line.next) or 1)
             payload = self._redis.hget(line.waiting, str(next_seq))
-            if payload is not None:
-                found.append((cid, _from_json(str(payload))))
+            if payload is not None:  # else started meanwhile
+                self._redis.zadd(keys.ORDERED_DUE, {cid: now_ms + _START_WITHIN_MS})
+                found.append((cid, _from_json(str(payload), sequence=next_seq)))
         return found
 
     def blocked(self) -> list[BlockedLine]:
@@ -119,19 +123,27 @@ class OrderedLines:
         for conversation_id, since_ms in blocked:
             cid = str(conversation_id)
             line = keys.line(cid)
+            next_seq = int(self._redis.get(line.next) or 1)
             pipe = self._redis.pipeline(transaction=False)
-            pipe.get(line.next)
             pipe.hlen(line.waiting)
-            next_seq, waiting = pipe.execute()
+            pipe.hexists(line.waiting, str(next_seq))
+            kept, head_kept = pipe.execute()
             lines.append(
                 BlockedLine(
                     conversation_id=cid,
-                    next_sequence=int(next_seq or 1),
-                    waiting=int(waiting),
+                    next_sequence=next_seq,
+                    waiting=int(kept) - int(bool(head_kept)),
                     blocked_s=max(0.0, (now_ms - float(since_ms)) / 1000),
                 )
             )
         return lines
+
+
+_START_WITHIN_MS = int(START_WITHIN_S * 1000)
+
+
+def _script_keys(conversation_id: str) -> list[str]:
+    return [*keys.line(conversation_id).for_script(), keys.ORDERED_BLOCKED, keys.ORDERED_DUE]
 
 
 def ordered_line_gauges(lines: OrderedLines) -> dict[str, dict[str, float]]:
@@ -149,5 +161,6 @@ def _to_json(delivery: Delivery) -> str:
     return json.dumps(asdict(delivery), separators=(",", ":"))
 
 
-def _from_json(raw: str) -> Delivery:
-    return Delivery(**json.loads(raw))
+def _from_json(raw: str, *, sequence: int) -> Delivery:
+    """A kept delivery; its number is the line's (admit stores it unnumbered)."""
+    return replace(Delivery(**json.loads(raw)), sequence=sequence)

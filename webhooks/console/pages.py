@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,8 +44,16 @@ def overview(client: redis.Redis) -> dict[str, Any]:
 def deliveries(deps: ConsoleDeps, term: str) -> dict[str, Any]:
     found = find_deliveries(term, deps.attempts, deps.outcomes) if term else []
     conversation_ids = sorted({a.conversation_id for d in found for a in d.attempts})
-    configs = {c: masked_config(deps.conversations, c) for c in conversation_ids}
+    # Shown as the CLI prints it; plain text, so the template escapes it.
+    configs = {
+        c: None if (config := masked_config(deps.conversations, c)) is None else _json(config)
+        for c in conversation_ids
+    }
     return {"term": term, "deliveries": found, "configs": configs}
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False)
 
 
 def dead(letters: DeadLetters, args: Mapping[str, str]) -> dict[str, Any]:

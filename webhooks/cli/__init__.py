@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from config import wiring
 from config.settings import Settings
 from config.wiring import check_secrets_key
-from webhooks.cli import console, conversations, endpoints, operations, send_test
+from webhooks.cli import console, conversations, endpoints, listen, operations, send_test
 from webhooks.cli.context import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, Context
 from webhooks.errors import InvalidConfiguration
 
@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     endpoints.add_parser(commands)
     console.add_parser(commands)
     send_test.add_parser(commands)
+    listen.add_parser(commands)
     operations.add_parsers(commands)
     return parser
 
@@ -40,6 +41,7 @@ _RUNS: dict[str, Callable[[argparse.Namespace, Context], int]] = {
     "console": console.run,
     "endpoints": endpoints.run,
     "send-test": send_test.run,
+    "listen": listen.run,
 }
 
 

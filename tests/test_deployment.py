@@ -296,3 +296,13 @@ def test_procfile_console_serves_on_loopback_behind_basic_auth(redis_server: Red
     assert anonymous.status_code == 401
     assert authorised.status_code == 200 and "Endpoints" in authorised.text
     assert f"http://127.0.0.1:{port}/" in output
+
+
+def test_readme_shows_each_console_page_and_the_receiver_tools() -> None:
+    readme = (ROOT / "README.md").read_text()
+
+    for page in ("deliveries", "dead", "endpoints", "overview"):
+        image = f"docs/img/console-{page}.png"
+        assert f"]({image})" in readme and (ROOT / image).stat().st_size > 10_000, image
+    assert "webhooks listen --conversation" in readme
+    assert 'webhooks send-test "$CID" --wait' in readme

@@ -24,7 +24,9 @@ from webhooks.console.app import ConsoleDeps, create_app
 from webhooks.console.auth import parse_users
 from webhooks.deadletters import DeadLetter
 from webhooks.health import HealthPolicy
+from webhooks.metrics import Metrics
 from webhooks.outcomes import Outcome, OutcomeStore
+from webhooks.stats import summarize
 
 USERS = "viewer:ann:ann-pw,operator:bob:bob-pw"
 
@@ -237,3 +239,36 @@ def test_the_overview_shows_the_stats_numbers(console: FlaskClient) -> None:
     assert "Last 15 minutes" in page.text
     assert "(all endpoints)" in page.text
     assert "<svg" in page.text
+
+
+def test_the_overview_has_the_numbers_of_webhooks_stats(
+    console: FlaskClient, own_client: redis.Redis
+) -> None:
+    # Given three attempts at one endpoint: a 5xx, a timeout, then a success
+    metrics = Metrics(own_client)
+    endpoint = "https://a.example/hook"
+    metrics.observe_attempt(endpoint, result="http_5xx", duration_s=0.04, attempt=1)
+    metrics.observe_attempt(endpoint, result="timeout", duration_s=2.0, attempt=2)
+    metrics.observe_attempt(endpoint, result="success", duration_s=0.2, attempt=3)
+    metrics.observe_delivery(endpoint, outcome="delivered")
+    expected = summarize(metrics.last_minutes(15))[1]
+
+    # When the overview is shown
+    page = console.get("/", headers=VIEWER).text
+
+    # Then the endpoint's row has the stats numbers
+    row = re.search(rf"<td>{re.escape(endpoint)}</td>(.*?)</tr>", page, re.S)
+    assert row, page
+    cells = [re.sub(r"<[^>]+>", "", c).strip() for c in row.group(1).split("</td>")][:-1]
+    assert cells == [
+        "3",
+        "33.3%",
+        f"{expected.mean_s * 1000:.0f}",  # type: ignore[operator]
+        "250",
+        "2500",
+        "2500",
+        "2",
+        "1",
+        "0",
+        "http_5xx 33.3%, timeout 33.3%",
+    ]

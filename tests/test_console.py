@@ -19,11 +19,12 @@ from flask.testing import FlaskClient
 from config.settings import Settings
 from config.wiring import conversation_store
 from tests.support import make_event
+from webhooks import keys
 from webhooks.attempts import AttemptLog, AttemptRecord
 from webhooks.console.app import ConsoleDeps, create_app
 from webhooks.console.auth import parse_users
 from webhooks.deadletters import DeadLetter
-from webhooks.health import HealthPolicy
+from webhooks.health import HealthPolicy, HealthStore
 from webhooks.metrics import Metrics
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.stats import summarize
@@ -272,3 +273,38 @@ def test_the_overview_has_the_numbers_of_webhooks_stats(
         "0",
         "http_5xx 33.3%, timeout 33.3%",
     ]
+
+
+def test_the_endpoints_page_shows_parked_deliveries_and_a_retry_after_hold(
+    console: FlaskClient, own_client: redis.Redis
+) -> None:
+    # Given an endpoint with health, two parked deliveries and a hold a minute ahead
+    endpoint = "https://a.example/hook"
+    HealthStore(own_client, HealthPolicy()).observe(endpoint, duration_s=0.1, outcome="delivered")
+    ek = keys.endpoint(endpoint)
+    own_client.zadd(ek.parked, {"msg_1": 1, "msg_2": 2})
+    hold_until = time.time() + 60
+    own_client.set(ek.hold, int(hold_until * 1000))
+
+    # When the endpoints page is shown
+    page = console.get("/endpoints", headers=VIEWER).text
+
+    # Then its row has the parked count and the hold's end
+    row = re.search(rf"<td>{re.escape(endpoint)}</td>(.*?)</tr>", page, re.S)
+    assert row, page
+    assert '<td class="num">2</td>' in row.group(1)
+    assert time.strftime("%H:%M:%S", time.gmtime(hold_until)) in row.group(1)
+
+
+def test_dead_letters_filter_by_time(console: FlaskClient, own_client: redis.Redis) -> None:
+    # Given a dead letter from now
+    webhook_id = dead_letter(own_client)
+
+    # When the list is asked for letters since an hour ago, since tomorrow, and a bad time
+    recent = console.get(f"/dead?since={time.time() - 3600}", headers=VIEWER).text
+    future = console.get(f"/dead?since={time.time() + 86400}", headers=VIEWER).text
+    bad = console.get("/dead?since=yesterday", headers=VIEWER).text
+
+    # Then only the first lists it, and the bad time is named
+    assert webhook_id in recent and webhook_id not in future
+    assert "is not an ISO 8601 time" in bad

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from webhooks.console.auth import User, parse_users
 from webhooks.health import HealthPolicy
 from webhooks.metrics_http import parse_auth
 from webhooks.outcomes import DEFAULT_DEAD_LETTER_RETENTION_S
@@ -171,6 +172,14 @@ class Settings(BaseSettings):
         description="How long a metrics connection may take to send its request, and each "
         "socket read or write after that.",
     )
+    console_auth: SecretStr | None = Field(
+        None,
+        description="Console users, 'viewer:user:password,operator:user:password' (basic auth; "
+        "operators may replay). Unset: webhooks console refuses to start.",
+    )
+    console_bind: str = Field(
+        "127.0.0.1", description="Address webhooks console listens on (loopback unless opened)."
+    )
     secret_rotation_overlap_s: int = Field(
         24 * 3600, ge=0, description="How long the old secret keeps signing after a rotation."
     )
@@ -232,6 +241,19 @@ class Settings(BaseSettings):
     def metrics_credentials(self) -> tuple[str, str] | None:
         """(scheme, expected credentials) for the metrics server, or None."""
         return parse_auth(self.metrics_auth.get_secret_value()) if self.metrics_auth else None
+
+    @field_validator("console_auth")
+    @classmethod
+    def _check_console_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip():
+            parse_users(value.get_secret_value())
+            return value
+        return None  # empty (compose passes it through unset): the console refuses to start
+
+    @property
+    def console_users(self) -> tuple[User, ...]:
+        """Who may sign in to the console (none: it refuses to start)."""
+        return parse_users(self.console_auth.get_secret_value()) if self.console_auth else ()
 
     @field_validator("rate_limit")
     @classmethod

@@ -9,6 +9,7 @@ build through these functions, so they run the same objects.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -29,8 +30,12 @@ from webhooks.sender import Sender
 from webhooks.store import connect
 from webhooks.targets import DeliveryPolicy
 
+if TYPE_CHECKING:
+    from flask import Flask
+
 __all__ = [
     "check_secrets_key",
+    "console",
     "conversation_store",
     "deliverer",
     "delivery_policy",
@@ -133,4 +138,25 @@ def deliverer(
             HealthStore(client, settings.health_policy),
             flush_s=settings.metrics_flush_s,
         ),
+    )
+
+
+def console(settings: Settings, client: redis.Redis) -> Flask:
+    """The console's app over ``client``; replays publish through the Celery app.
+
+    Imported here, not at the top: only ``webhooks console`` needs Flask.
+    """
+    from tasks.replay import republish  # noqa: PLC0415
+    from webhooks.console.app import ConsoleDeps, create_app  # noqa: PLC0415
+
+    return create_app(
+        ConsoleDeps(
+            client=client,
+            attempts=AttemptLog(client, retention_s=settings.log_retention_s),
+            outcomes=OutcomeStore(client, retention_s=settings.outcome_retention_s),
+            conversations=conversation_store(client, settings),
+            health_policy=settings.health_policy,
+            users=settings.console_users,
+            republish=republish,
+        )
     )

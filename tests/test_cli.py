@@ -253,6 +253,8 @@ def test_endpoints_lists_health_queue_and_counters(
         "in_window": 3,
         "in_flight": 2,
         "parked": 1,
+        "limits": "",
+        "hold_until_ms": None,
     }
     assert rows[slow] == {
         "endpoint": slow,
@@ -263,6 +265,8 @@ def test_endpoints_lists_health_queue_and_counters(
         "in_window": 0,
         "in_flight": 0,
         "parked": 0,
+        "limits": "",
+        "hold_until_ms": None,
     }
 
     # And the table form has a line per endpoint with its queue

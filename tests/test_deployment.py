@@ -53,7 +53,7 @@ def test_compose_commands_match_the_procfile() -> None:
     services = compose()["services"]
     assert isinstance(services, dict)
 
-    for name in ("worker", "worker_slow", "flower", "metrics"):
+    for name in ("worker", "worker_slow", "flower", "metrics", "console"):
         assert services[name]["command"] == procfile()[name], name
 
 
@@ -123,6 +123,14 @@ def test_compose_publishes_metrics_on_loopback_and_passes_auth_through() -> None
     # the server listens on all of its container's interfaces, or nothing is published
     assert metrics["environment"]["WEBHOOKS_METRICS_BIND"] == "0.0.0.0"  # noqa: S104
     assert metrics["environment"]["WEBHOOKS_METRICS_AUTH"] == "${WEBHOOKS_METRICS_AUTH:-}"
+
+
+def test_compose_publishes_the_console_on_loopback_and_requires_credentials() -> None:
+    console = compose()["services"]["console"]  # type: ignore[index]
+
+    assert _published("console", {}) == [("127.0.0.1", "8088")]
+    assert console["environment"]["WEBHOOKS_CONSOLE_BIND"] == "0.0.0.0"  # noqa: S104
+    assert console["environment"]["WEBHOOKS_CONSOLE_AUTH"].startswith("${WEBHOOKS_CONSOLE_AUTH:?")
 
 
 def test_readme_shows_tls_in_front_of_flower() -> None:
@@ -230,3 +238,71 @@ def test_procfile_flower_serves_behind_basic_auth(redis_server: RedisServer) -> 
     assert anonymous.status_code == 401
     assert authorised.status_code == 200
     assert "flower_" in metrics.text
+
+
+def test_procfile_console_refuses_to_start_without_credentials(redis_server: RedisServer) -> None:
+    # Given no WEBHOOKS_CONSOLE_AUTH
+    env = {k: v for k, v in os.environ.items() if k != "WEBHOOKS_CONSOLE_AUTH"}
+    bin_dir = str(Path(sys.executable).parent)
+
+    # When the Procfile's console command runs
+    process = subprocess.run(
+        ["sh", "-c", "exec " + procfile()["console"]],
+        env={
+            **env,
+            "WEBHOOKS_REDIS_URL": redis_server.url,
+            "PATH": bin_dir + os.pathsep + env["PATH"],
+        },
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    # Then it exits with the variable to set, serving nothing
+    assert process.returncode == 2, process.stderr
+    assert "set WEBHOOKS_CONSOLE_AUTH" in process.stderr
+
+
+def test_procfile_console_serves_on_loopback_behind_basic_auth(redis_server: RedisServer) -> None:
+    # Given the Procfile's console command with a viewer
+    port = free_port()
+    process = _shell(
+        procfile()["console"],
+        {
+            "WEBHOOKS_REDIS_URL": redis_server.url,
+            "WEBHOOKS_CONSOLE_PORT": str(port),
+            "WEBHOOKS_CONSOLE_AUTH": "viewer:ann:s3cret",
+        },
+    )
+    try:
+        # When it is asked for a page without and with credentials
+        url = f"http://127.0.0.1:{port}/endpoints"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                anonymous = requests.get(url, timeout=2)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    pytest.fail("the console did not start:\n" + _stop(process))
+                time.sleep(0.2)
+        authorised = requests.get(url, auth=("ann", "s3cret"), timeout=5)
+    finally:
+        output = _stop(process)
+
+    # Then it asks for a login, serves the page after one, and says where it listens
+    assert anonymous.status_code == 401
+    assert authorised.status_code == 200 and "Endpoints" in authorised.text
+    assert f"http://127.0.0.1:{port}/" in output
+
+
+def test_readme_shows_each_console_page_and_the_receiver_tools() -> None:
+    readme = (ROOT / "README.md").read_text()
+
+    for page in ("deliveries", "dead", "endpoints", "overview"):
+        image = f"docs/img/console-{page}.png"
+        assert f"]({image})" in readme and (ROOT / image).stat().st_size > 10_000, image
+    assert "webhooks listen --conversation" in readme
+    assert 'webhooks send-test "$CID" --wait' in readme

@@ -197,6 +197,7 @@ def test_settings_are_frozen() -> None:
     [
         ("WEBHOOKS_SECRETS_KEY", "hunter2-not-a-fernet-key", "not a Fernet key"),
         ("WEBHOOKS_METRICS_AUTH", "token-without-scheme", "bearer:TOKEN"),
+        ("WEBHOOKS_CONSOLE_AUTH", "admin:root:hunter2", "viewer:user:password"),
     ],
 )
 def test_a_bad_secret_setting_is_refused_without_being_echoed(
@@ -220,3 +221,22 @@ def test_secret_and_metrics_settings_default_to_plain_loopback_and_open(
 
     assert settings.secrets_keys == ()
     assert settings.metrics_bind == "127.0.0.1" and settings.metrics_credentials is None
+
+
+def test_the_console_defaults_to_loopback_and_no_users(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given no console settings
+    for name in ("WEBHOOKS_CONSOLE_AUTH", "WEBHOOKS_CONSOLE_BIND"):
+        monkeypatch.delenv(name, raising=False)
+
+    # When settings are read, and again with two users
+    default = Settings()
+    monkeypatch.setenv("WEBHOOKS_CONSOLE_AUTH", "viewer:ann:pw1,operator:bob:pw2")
+    given = Settings()
+
+    # Then the console has nobody (it will refuse to start) and listens on loopback
+    assert default.console_users == () and default.console_bind == "127.0.0.1"
+    assert [(u.role, u.name, u.may_replay) for u in given.console_users] == [
+        ("viewer", "ann", False),
+        ("operator", "bob", True),
+    ]
+    assert "pw1" not in repr(given) and "pw2" not in repr(given.console_users)

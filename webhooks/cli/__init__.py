@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 from pydantic import ValidationError
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from config import wiring
 from config.settings import Settings
 from config.wiring import check_secrets_key
-from webhooks.cli import conversations, endpoints, operations
+from webhooks.cli import console, conversations, endpoints, listen, operations, send_test
 from webhooks.cli.context import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, Context
 from webhooks.errors import InvalidConfiguration
 
@@ -28,8 +28,21 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     conversations.add_parser(commands)
     endpoints.add_parser(commands)
+    console.add_parser(commands)
+    send_test.add_parser(commands)
+    listen.add_parser(commands)
     operations.add_parsers(commands)
     return parser
+
+
+#: Each subcommand's module; the rest are in :mod:`webhooks.cli.operations`.
+_RUNS: dict[str, Callable[[argparse.Namespace, Context], int]] = {
+    "conversations": conversations.run,
+    "console": console.run,
+    "endpoints": endpoints.run,
+    "send-test": send_test.run,
+    "listen": listen.run,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,11 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not (args.command == "conversations" and args.action == "encrypt-secrets"):
             check_secrets_key(client, settings)
-        if args.command == "conversations":
-            return conversations.run(args, context)
-        if args.command == "endpoints":
-            return endpoints.run(args, context)
-        return operations.run(args, context)
+        return _RUNS.get(args.command, operations.run)(args, context)
     except InvalidConfiguration as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_INVALID

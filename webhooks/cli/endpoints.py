@@ -6,10 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from webhooks import keys
 from webhooks.cli.context import Context, print_json
-from webhooks.health import HealthStore
-from webhooks.queues import QUEUE, SLOW_QUEUE
+from webhooks.console.queries import endpoint_rows
 
 __all__ = ["add_parser", "run"]
 
@@ -22,27 +20,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, context: Context) -> int:
-    health = HealthStore(context.store, context.settings.health_policy).all()
-    pipe = context.store.pipeline(transaction=False)
-    for h in health:
-        ek = keys.endpoint(h.endpoint)
-        pipe.zcard(ek.window)
-        pipe.zcard(ek.inflight)
-        pipe.zcard(ek.parked)
-    counts = pipe.execute()
-    rows = [
-        {
-            "endpoint": h.endpoint,
-            "queue": SLOW_QUEUE if h.slow else QUEUE,
-            "mean_ms": round(h.ewma_ms, 1),
-            "recent": h.recent,
-            "attempts": h.attempts,
-            "in_window": counts[3 * i],
-            "in_flight": counts[3 * i + 1],
-            "parked": counts[3 * i + 2],
-        }
-        for i, h in enumerate(health)
-    ]
+    rows = [r.as_dict() for r in endpoint_rows(context.store, context.settings.health_policy)]
     if args.json:
         print_json(rows)
         return 0

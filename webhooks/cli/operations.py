@@ -21,7 +21,6 @@ from webhooks.deadletters import DeadLetter, DeadLetters
 from webhooks.metrics import Metrics
 from webhooks.metrics_http import serve
 from webhooks.ordering import OrderedLines, ordered_line_gauges
-from webhooks.progress import Delivery
 from webhooks.prometheus import render
 from webhooks.queues import dead_letter_count, queue_depths
 from webhooks.stats import format_table, summarize
@@ -176,13 +175,9 @@ def _letter_dict(letter: DeadLetter) -> dict[str, Any]:
 
 def _republish(letter: DeadLetter) -> None:
     # Imported here: only a replay needs the Celery app and its broker.
-    from tasks import deliver_webhook  # noqa: PLC0415
+    from tasks.replay import republish  # noqa: PLC0415
 
-    delivery = Delivery(letter.event, letter.webhook_id, callback_url=letter.callback_url)
-    deliver_webhook.apply_async(
-        kwargs=delivery.task_kwargs(),
-        task_id=f"{letter.webhook_id}-replay-{int(datetime.now(UTC).timestamp())}",
-    )
+    republish(letter)
 
 
 def _stats(args: argparse.Namespace, context: Context) -> int:

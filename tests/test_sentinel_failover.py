@@ -90,7 +90,12 @@ def test_deliveries_resume_on_their_own_after_the_primary_is_killed(
         stop.set()
         producer.join(10)
 
-        # Then every event accepted after the kill is delivered, without a restart
+        # Then the producer publishes again once the replica is promoted
+        promoted_at = killed_at + promoted_after_s
+        assert any(at > promoted_at for at, _ in stream.accepted), "delay() never recovered"
+        assert all(at < promoted_at + 5 for at, _ in stream.refused), stream.refused
+
+        # ... and every event accepted after the kill is delivered, without a restart
         after = {wid for at, wid in stream.accepted if at >= killed_at}
         before = {wid for at, wid in stream.accepted if at < killed_at}
 

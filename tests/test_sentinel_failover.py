@@ -52,6 +52,39 @@ def produce(cid: str, stream: Stream, stop: threading.Event) -> None:
         stop.wait(max(0.0, next_at - time.monotonic()))
 
 
+def kill_primary(group: SentinelGroup) -> tuple[float, float]:
+    """SIGKILL the primary; (when, seconds until the sentinels named another master)."""
+    old_primary = group.primary.port
+    killed_at = time.time()
+    group.primary.kill()
+    wait_until(lambda: group.master_port() != old_primary, 20, "a promoted replica")
+    return killed_at, time.time() - killed_at
+
+
+def delivered_ids(receiver: Receiver, path: str) -> set[str]:
+    return {r.headers["webhook-id"] for r in receiver.received(path)}
+
+
+def await_delivered(
+    receiver: Receiver, path: str, expected: set[str], worker: WorkerProcess
+) -> None:
+    """Fail with the worker's last lines if ``expected`` do not all arrive."""
+    try:
+        wait_until(lambda: expected <= delivered_ids(receiver, path) or None, 30, "the events")
+    except TimeoutError:
+        missing = len(expected - delivered_ids(receiver, path))
+        tail = "\n".join(worker.lines[-40:])
+        pytest.fail(f"{missing} of {len(expected)} events not delivered; worker:\n{tail}")
+
+
+def lost_after_settling(receiver: Receiver, path: str, expected: set[str]) -> set[str]:
+    """Those of ``expected`` still not delivered after a few seconds more."""
+    deadline = time.monotonic() + 5
+    while not expected <= delivered_ids(receiver, path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return expected - delivered_ids(receiver, path)
+
+
 @pytest.fixture
 def group() -> Iterator[SentinelGroup]:
     with SentinelGroup() as started:
@@ -81,11 +114,7 @@ def test_deliveries_resume_on_their_own_after_the_primary_is_killed(
 
         # When the primary is SIGKILLed midway through a steady stream
         time.sleep(KILL_AT_S)
-        old_primary = group.primary.port
-        killed_at = time.time()
-        group.primary.kill()
-        wait_until(lambda: group.master_port() != old_primary, 20, "a promoted replica")
-        promoted_after_s = time.time() - killed_at
+        killed_at, promoted_after_s = kill_primary(group)
         stop.wait(max(0.0, STREAM_S - KILL_AT_S - promoted_after_s))
         stop.set()
         producer.join(10)
@@ -98,28 +127,20 @@ def test_deliveries_resume_on_their_own_after_the_primary_is_killed(
         # ... and every event accepted after the kill is delivered, without a restart
         after = {wid for at, wid in stream.accepted if at >= killed_at}
         before = {wid for at, wid in stream.accepted if at < killed_at}
+        await_delivered(receiver, path, after, worker)
 
-        def delivered() -> set[str]:
-            return {r.headers["webhook-id"] for r in receiver.received(path)}
-
-        wait_until(lambda: after <= delivered() or None, 30, "the post-failover events")
         # ... and those accepted before it are delivered, or lost with the
         # writes the replica had not yet received (asynchronous replication)
-        settle_deadline = time.monotonic() + 5
-        while not before <= delivered() and time.monotonic() < settle_deadline:
-            time.sleep(0.1)
-        lost = before - delivered()
-        first_after = min(
-            r.received_at for r in receiver.received(path) if r.received_at > killed_at
-        )
-        arrivals = [r.headers["webhook-id"] for r in receiver.received(path)]
-        duplicates = len(arrivals) - len(set(arrivals))
+        lost = lost_after_settling(receiver, path, before)
+
         # ... and a client made before the failover now reads the new master
         outcomes = OutcomeStore(store, retention_s=60)
         last = max(stream.accepted)[1]
         assert wait_until(lambda: outcomes.get(last), 10, "the last outcome").state == "delivered"
 
-        gap_s = first_after - killed_at
+        arrivals = receiver.received(path)
+        gap_s = min(r.received_at for r in arrivals if r.received_at > killed_at) - killed_at
+        duplicates = len(arrivals) - len(delivered_ids(receiver, path))
         print(
             f"\nSentinel failover: accepted {len(before)} before the kill and {len(after)} after; "
             f"refused by delay() {len(stream.refused)} ({sorted({n for _, n in stream.refused})}); "

@@ -24,6 +24,7 @@ from testing.receiver import Receiver, TestCA
 from testing.sentinel import SentinelGroup
 from testing.worker import WorkerProcess
 from tests.support import make_event, registered, unique_path, wait_until, worker_env
+from webhooks import keys
 from webhooks.outcomes import OutcomeStore
 
 #: The stream: this many events a second for this long, the primary killed at KILL_AT_S.
@@ -137,6 +138,14 @@ def test_deliveries_resume_on_their_own_after_the_primary_is_killed(
         outcomes = OutcomeStore(store, retention_s=60)
         last = max(stream.accepted)[1]
         assert wait_until(lambda: outcomes.get(last), 10, "the last outcome").state == "delivered"
+
+        # ... and the worker's heartbeats (the reclaim step's plain broker client) reach
+        # the new master
+        def beats_since_kill() -> list[float]:
+            beats = store.zrange(keys.WORKERS, 0, -1, withscores=True)
+            return [score for _, score in beats if score > killed_at]
+
+        wait_until(beats_since_kill, 15, "a worker heartbeat on the new master")
 
         arrivals = receiver.received(path)
         gap_s = min(r.received_at for r in arrivals if r.received_at > killed_at) - killed_at

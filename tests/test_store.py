@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from config import wiring
 from config.celery_app import app
@@ -151,3 +153,31 @@ def test_a_password_without_a_user_is_the_default_users() -> None:
     target = parse_sentinel_url("redis+sentinel://:secret@s1/main")
 
     assert (target.username, target.password) == (None, "secret")
+
+
+def test_a_sentinel_client_has_timeouts_on_the_master_and_on_every_sentinel() -> None:
+    # Given a Sentinel URL with the master's password and the sentinels' own
+    client = connect(
+        "redis+sentinel://:master-pw@s1:26379,s2:26380/main/2",
+        socket_timeout_s=3,
+        sentinel_password="sentinel-pw",
+    )
+
+    # Then its pool asks the sentinels for "main", and every connection, to
+    # the master or to a sentinel, times out instead of hanging
+    pool: Any = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "main"
+    options = pool.connection_kwargs
+    assert (options["socket_timeout"], options["socket_connect_timeout"]) == (3, 3)
+    assert (options["db"], options["password"], options["decode_responses"]) == (
+        2,
+        "master-pw",
+        True,
+    )
+    for sentinel in pool.sentinel_manager.sentinels:
+        sentinel_options = sentinel.connection_pool.connection_kwargs
+        assert (sentinel_options["socket_timeout"], sentinel_options["password"]) == (
+            3,
+            "sentinel-pw",
+        )
+    client.close()

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+import redis
+from kombu.exceptions import OperationalError
 
 from config import wiring
 from config.celery_app import app
@@ -49,7 +51,7 @@ def produce(cid: str, stream: Stream, stop: threading.Event) -> None:
         try:
             result = deliver_webhook.delay(make_event(cid))
             stream.accepted.append((called, time.time(), result.id))
-        except Exception as exc:  # the producer would see this and publish again
+        except (OperationalError, redis.RedisError) as exc:  # a producer publishes it again
             stream.refused.append((time.time(), type(exc).__name__))
         next_at += interval
         stop.wait(max(0.0, next_at - time.monotonic()))

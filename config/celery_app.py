@@ -13,6 +13,9 @@ All reliability choices live here, each with the failure it prevents:
 * worker heartbeats (``tasks/reclaim.py``): what a worker that died without
   warning held is handed out again once it has been silent for
   ``WEBHOOKS_WORKER_DEAD_AFTER_S``, not after the visibility timeout.
+* a ``redis+sentinel://`` broker becomes kombu's sentinel transport, so
+  workers and producers reconnect to whichever server the sentinels name
+  master after a failover.
 * JSON only, no result backend: payloads are data, never pickles, and
   delivery outcomes go to :mod:`webhooks.outcomes`, not to Celery results.
 * a worker whose ``WEBHOOKS_SECRETS_KEY`` cannot open the stored signing
@@ -26,6 +29,7 @@ import logging
 import ssl
 import sys
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from celery import Celery
@@ -36,8 +40,17 @@ from config import wiring
 from config.settings import Settings
 from webhooks.errors import SecretsLocked
 from webhooks.queues import QUEUE, RELEASED_QUEUE, SLOW_QUEUE  # re-exported for tasks/
+from webhooks.store import is_sentinel_url, parse_sentinel_url
 
-__all__ = ["QUEUE", "RELEASED_QUEUE", "SLOW_QUEUE", "WebhooksCelery", "app", "create_app"]
+__all__ = [
+    "QUEUE",
+    "RELEASED_QUEUE",
+    "SLOW_QUEUE",
+    "WebhooksCelery",
+    "app",
+    "broker_target",
+    "create_app",
+]
 
 
 class WebhooksCelery(Celery):  # type: ignore[misc]
@@ -55,8 +68,10 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
             "socket_connect_timeout": settings.redis_socket_timeout_s,
             "health_check_interval": 30,
         }
+        broker_url, sentinel_options = broker_target(settings)
+        redis_options.update(sentinel_options)
         self.conf.update(
-            broker_url=settings.effective_broker_url,
+            broker_url=broker_url,
             broker_use_ssl=_broker_tls(settings),
             broker_transport_options=redis_options,
             broker_connection_retry_on_startup=True,
@@ -96,6 +111,34 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
         amqp = self.__dict__.get("amqp")
         if amqp is not None:
             amqp._producer_pool = None
+
+
+def broker_target(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """kombu's broker URL and the transport options it needs beyond the common ones.
+
+    A ``redis+sentinel://`` URL becomes kombu's ``sentinel://a;sentinel://b``
+    form with ``master_name``: the transport asks the sentinels for the
+    master on every (re)connection, so workers and producers follow a
+    failover. Password and database ride on the first URL, which is the one
+    kombu reads them from.
+    """
+    url = settings.effective_broker_url
+    if not is_sentinel_url(url):
+        return url, {}
+    target = parse_sentinel_url(url)
+    credentials = ""
+    if target.password is not None:
+        credentials = f"{quote(target.username or '', safe='')}:{quote(target.password, safe='')}@"
+    sentinels = ";".join(
+        f"sentinel://{credentials}{host}:{port}/{target.db}" for host, port in target.sentinels
+    )
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_socket_timeout_s,
+    }
+    if settings.sentinel_password:
+        sentinel_kwargs["password"] = settings.sentinel_password
+    return sentinels, {"master_name": target.master, "sentinel_kwargs": sentinel_kwargs}
 
 
 def _broker_tls(settings: Settings) -> dict[str, Any] | None:

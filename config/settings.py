@@ -23,6 +23,7 @@ from webhooks.outcomes import DEFAULT_DEAD_LETTER_RETENTION_S
 from webhooks.ratelimit import Limits, RateLimit
 from webhooks.secretbox import parse_keys
 from webhooks.signing import secret_key
+from webhooks.store import is_sentinel_url, parse_sentinel_url
 
 __all__ = ["Settings", "child_environment"]
 
@@ -44,6 +45,11 @@ class Settings(BaseSettings):
     )
     broker_url: str | None = Field(
         None, description="A separate Celery broker, if any.", repr=False
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None,
+        description="Password of the sentinels themselves, when a redis+sentinel:// store or "
+        "broker's sentinels require one (the URL's password is the master's).",
     )
     redis_ca_bundle: Path | None = Field(
         None,
@@ -183,6 +189,27 @@ class Settings(BaseSettings):
     secret_rotation_overlap_s: int = Field(
         24 * 3600, ge=0, description="How long the old secret keeps signing after a rotation."
     )
+
+    @field_validator("redis_url", "broker_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        # A mistyped Sentinel URL must stop the worker at start, with what is
+        # wrong and without the password (hide_input_in_errors).
+        if value is None:
+            return None
+        if value.split("://", 1)[0].lower() == "sentinel":
+            raise ValueError(
+                "give a Sentinel group as redis+sentinel://host:26379,host:26380/MASTER/DB; "
+                "kombu's sentinel:// form is built from it"
+            )
+        if is_sentinel_url(value):
+            parse_sentinel_url(value)
+        return value
+
+    @property
+    def sentinel_password(self) -> str | None:
+        password = self.redis_sentinel_password
+        return password.get_secret_value() or None if password else None
 
     @field_validator("retry_schedule", mode="before")
     @classmethod

@@ -45,19 +45,24 @@ __all__ = [
 
 
 def store_client(settings: Settings) -> redis.Redis:
-    """A client of the store (``WEBHOOKS_REDIS_URL``) with the configured timeouts."""
+    """A client of the store (``WEBHOOKS_REDIS_URL``) with the configured timeouts;
+    of the group's current master if the URL names a Sentinel group."""
     return _client(settings.redis_url, settings)
 
 
 def broker_client(settings: Settings) -> redis.Redis:
     """A plain Redis client of the broker, for what kombu does not do itself
-    (worker heartbeats, queue depths)."""
+    (worker heartbeats, queue depths); it follows a Sentinel failover as
+    kombu's own connections do."""
     return _client(settings.effective_broker_url, settings)
 
 
 def _client(url: str, settings: Settings) -> redis.Redis:
     return connect(
-        url, socket_timeout_s=settings.redis_socket_timeout_s, ca_bundle=settings.redis_ca_bundle
+        url,
+        socket_timeout_s=settings.redis_socket_timeout_s,
+        ca_bundle=settings.redis_ca_bundle,
+        sentinel_password=settings.sentinel_password,
     )
 
 

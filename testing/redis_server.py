@@ -52,7 +52,8 @@ class ServerTLS:
 class RedisServer:
     """A throwaway Redis with AOF on, so a restart keeps queued work.
 
-    ``user``/``password`` make it an ACL-protected Redis (the default user
+    ``extra_args`` go last on its command line (``--replicaof HOST PORT``
+    for a replica). ``user``/``password`` make it an ACL-protected Redis (the default user
     off) and ``tls`` a TLS-only one; :attr:`url` then carries the user, the
     password and ``rediss://``, as a deployment's URL would.
     """
@@ -64,12 +65,14 @@ class RedisServer:
         user: str | None = None,
         password: str | None = None,
         tls: ServerTLS | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="webhooks-redis-")
         self.directory = directory or Path(self._tmp.name)  # type: ignore[union-attr]
         self.port = 0
         self._user, self._password, self.tls = user, password, tls
         self._process: subprocess.Popen[bytes] | None = None
+        self._extra_args = tuple(extra_args)
 
     @property
     def url(self) -> str:
@@ -115,6 +118,7 @@ class RedisServer:
                     "--appendfsync", "everysec",
                     "--maxmemory-policy", "noeviction",
                     "--dir", str(self.directory),
+                    *self._extra_args,
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

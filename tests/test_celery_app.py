@@ -79,3 +79,32 @@ def test_configure_again_with_the_same_settings_keeps_publishing(
         assert client.llen(QUEUE) == 2
         client.close()
         app.close()
+
+
+def test_a_sentinel_broker_becomes_kombus_sentinel_transport() -> None:
+    # Given a Sentinel group with a password and a database as the broker
+    settings = Settings(
+        redis_url="redis+sentinel://:p%40ss@s1:26379,s2:26380/main/3",
+        redis_sentinel_password="for-sentinels",
+    )
+
+    # When the app is configured
+    conf = create_app(settings).conf
+
+    # Then kombu gets every sentinel, the master's name, the credentials and
+    # the sentinels' own password with timeouts
+    assert conf.broker_url == ("sentinel://:p%40ss@s1:26379/3;sentinel://:p%40ss@s2:26380/3")
+    options = conf.broker_transport_options
+    assert options["master_name"] == "main"
+    assert options["sentinel_kwargs"] == {
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_socket_timeout_s,
+        "password": "for-sentinels",
+    }
+    assert options["visibility_timeout"] == settings.visibility_timeout_s
+
+
+def test_a_plain_broker_gets_no_sentinel_options() -> None:
+    options = create_app(Settings(redis_url="redis://r:6379/0")).conf.broker_transport_options
+
+    assert "master_name" not in options and "sentinel_kwargs" not in options

@@ -240,3 +240,47 @@ def test_the_console_defaults_to_loopback_and_no_users(monkeypatch: pytest.Monke
         ("operator", "bob", True),
     ]
     assert "pw1" not in repr(given) and "pw2" not in repr(given.console_users)
+
+
+def test_a_sentinel_group_is_accepted_as_store_and_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the store and the broker as Sentinel groups
+    monkeypatch.setenv("WEBHOOKS_REDIS_URL", "redis+sentinel://:pw@s1:26379,s2:26380/main/2")
+    monkeypatch.setenv("WEBHOOKS_BROKER_URL", "redis+sentinel://s1,s2/queues")
+    monkeypatch.setenv("WEBHOOKS_REDIS_SENTINEL_PASSWORD", "sentinel-secret")
+
+    # When settings are built
+    settings = Settings()
+
+    # Then they are kept, and no password shows in the repr
+    assert settings.redis_url.startswith("redis+sentinel://")
+    assert settings.sentinel_password == "sentinel-secret"
+    assert "pw" not in repr(settings) and "sentinel-secret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("redis+sentinel://:hunter2@/main", "at least one sentinel"),
+        ("redis+sentinel://:hunter2@s1:26379", "master's name"),
+        ("redis+sentinel://:hunter2@s1:26379/main/zero", "database must be a number"),
+        ("redis+sentinel://:hunter2@s1:port/main", "bad sentinel address"),
+        ("rediss+sentinel://:hunter2@s1/main", "TLS through Sentinel"),
+        ("sentinel://:hunter2@s1:26379", r"redis\+sentinel://host:26379"),
+    ],
+)
+def test_a_bad_sentinel_url_is_refused_clearly_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, url: str, complaint: str
+) -> None:
+    # Given a mistyped Sentinel URL
+    monkeypatch.setenv("WEBHOOKS_REDIS_URL", url)
+
+    # When settings are built, Then the error says what is wrong and never shows the password
+    with pytest.raises(ValidationError, match=complaint) as caught:
+        Settings()
+    assert "hunter2" not in str(caught.value)
+
+
+def test_an_empty_sentinel_password_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEBHOOKS_REDIS_SENTINEL_PASSWORD", "")
+
+    assert Settings().sentinel_password is None

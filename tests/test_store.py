@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from config import wiring
 from config.celery_app import app
@@ -22,7 +24,7 @@ from testing.redis_server import RedisServer, ServerTLS
 from testing.worker import WorkerProcess
 from tests.support import make_event, registered, unique_path, wait_until, worker_env
 from webhooks.outcomes import OutcomeStore
-from webhooks.store import connect
+from webhooks.store import SentinelTarget, connect, parse_sentinel_url
 
 USER, PASSWORD = "webhooks", "Zq7-not-in-any-log"
 
@@ -123,3 +125,59 @@ def test_a_rediss_broker_verifies_its_certificate() -> None:
 
 def _ca(server: RedisServer) -> Path | None:
     return server.tls.ca if server.tls else None
+
+
+# --- redis+sentinel:// URLs (no server needed) ---------------------------------
+
+
+def test_a_sentinel_url_names_its_sentinels_master_db_and_credentials() -> None:
+    target = parse_sentinel_url("redis+sentinel://app:p%40ss@s1:26380,s2,[::1]:26381/main/4")
+
+    assert target == SentinelTarget(
+        sentinels=(("s1", 26380), ("s2", 26379), ("::1", 26381)),
+        master="main",
+        db=4,
+        username="app",
+        password="p@ss",
+    )
+    assert "p@ss" not in repr(target)
+
+
+def test_a_sentinel_url_defaults_to_db_0_and_no_credentials() -> None:
+    target = parse_sentinel_url("redis+sentinel://s1:26379/main")
+
+    assert (target.db, target.username, target.password) == (0, None, None)
+
+
+def test_a_password_without_a_user_is_the_default_users() -> None:
+    target = parse_sentinel_url("redis+sentinel://:secret@s1/main")
+
+    assert (target.username, target.password) == (None, "secret")
+
+
+def test_a_sentinel_client_has_timeouts_on_the_master_and_on_every_sentinel() -> None:
+    # Given a Sentinel URL with the master's password and the sentinels' own
+    client = connect(
+        "redis+sentinel://:master-pw@s1:26379,s2:26380/main/2",
+        socket_timeout_s=3,
+        sentinel_password="sentinel-pw",
+    )
+
+    # Then its pool asks the sentinels for "main", and every connection, to
+    # the master or to a sentinel, times out instead of hanging
+    pool: Any = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "main"
+    options = pool.connection_kwargs
+    assert (options["socket_timeout"], options["socket_connect_timeout"]) == (3, 3)
+    assert (options["db"], options["password"], options["decode_responses"]) == (
+        2,
+        "master-pw",
+        True,
+    )
+    for sentinel in pool.sentinel_manager.sentinels:
+        sentinel_options = sentinel.connection_pool.connection_kwargs
+        assert (sentinel_options["socket_timeout"], sentinel_options["password"]) == (
+            3,
+            "sentinel-pw",
+        )
+    client.close()

@@ -20,7 +20,7 @@ from webhooks.delivery import USER_AGENT, Deliverer, Poster
 from webhooks.health import HealthStore
 from webhooks.metrics import Metrics
 from webhooks.observer import Observer
-from webhooks.ordering import OrderedLines
+from webhooks.ordering import START_WITHIN_S, OrderedLines
 from webhooks.outcomes import OutcomeStore
 from webhooks.parking import ParkingLot
 from webhooks.progress import Delivery
@@ -135,7 +135,13 @@ def deliverer(
         limiter=Limiter(client, lease_s=settings.lease_s) if settings.limits_enabled else None,
         parking=ParkingLot(client),
         policy=delivery_policy(settings),
-        lines=OrderedLines(client),
+        lines=OrderedLines(
+            client,
+            # An attempt, the longest countdown, and time to be taken from the queue.
+            in_flight_s=settings.task_time_limit_s
+            + max(settings.retry_schedule, default=0.0)
+            + START_WITHIN_S,
+        ),
         **({"wake": wake} if wake is not None else {}),
         observer=Observer(
             AttemptLog(client, retention_s=settings.log_retention_s),

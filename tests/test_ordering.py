@@ -130,9 +130,28 @@ def test_a_handed_out_event_not_started_in_time_is_published_again(
     past(own_client, cid)
     assert lines.due() == [(cid, event(cid, 2))]
 
-    # Then once a worker starts it, it is due no more
+    # Then once a worker starts it, it is due only after the in-flight time
+    before_ms = time.time() * 1000
     assert lines.enter(cid, event(cid, 2)) is Turn.NOW
-    assert own_client.zscore(keys.ORDERED_DUE, cid) is None
+    due_at = own_client.zscore(keys.ORDERED_DUE, cid)
+    assert due_at is not None and due_at >= before_ms + 120_000 - 1000
+    assert lines.due() == []
+
+
+def test_a_started_event_whose_retry_is_lost_is_published_again_from_its_progress(
+    lines: OrderedLines, own_client: redis.Redis, cid: str
+) -> None:
+    # Given the line's first event started on its 2nd attempt, and its retry
+    # message lost before any worker started it again
+    second_try = Delivery({"conversation_id": cid}, "msg_1", attempt=2, retries=1, sequence=1)
+    assert lines.enter(cid, second_try) is Turn.NOW
+
+    # When its in-flight time has run out
+    past(own_client, cid)
+
+    # Then the pump publishes it again where it left off; its successor still waits
+    assert lines.due() == [(cid, second_try)]
+    assert lines.enter(cid, event(cid, 2)) is Turn.WAIT
 
 
 def test_a_first_event_whose_message_is_lost_is_published_again(

@@ -13,11 +13,14 @@ goes through only while it is the line's next.
 
 Crash safety: a delivery that a dead worker held is handed out again by the
 broker and, still being the next, goes through again while its successor
-waits. Every event stays kept in the line until a worker starts it, so one
-whose publish or message was lost (a publisher killed before it published,
-a worker killed between taking a message from the queue and recording it,
-which kombu's Redis transport cannot make atomic) is published again by the
-pump (:meth:`due`) after ``START_WITHIN_S``: at least once, never skipped.
+waits. Every event stays kept in the line until it ends, and the line's
+next is due for the pump (:meth:`due`) unless a worker starts it within
+``START_WITHIN_S`` and, once started, starts it again (a retry) or ends it
+within ``in_flight_s``. So an event whose broker message was lost (a
+publisher killed before it published, a worker killed between taking a
+message from its queue and recording it, which kombu's Redis transport
+cannot make atomic) is published again, from its last progress: at least
+once, never skipped.
 """
 
 from __future__ import annotations
@@ -57,8 +60,10 @@ class BlockedLine:
 
 
 class OrderedLines:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, in_flight_s: float = 120.0) -> None:
+        """``in_flight_s``: longer than an attempt plus the longest retry countdown."""
         self._redis = client
+        self._in_flight_ms = int(in_flight_s * 1000)
         self._admit = load_script(client, "line_admit")
         self._enter = load_script(client, "line_enter")
         self._end = load_script(client, "line_end")
@@ -78,7 +83,7 @@ class OrderedLines:
             raise ValueError(f"{delivery.webhook_id} has no place in an ordered line")
         verdict = self._enter(
             keys=_script_keys(conversation_id),
-            args=[delivery.sequence, _to_json(delivery), conversation_id],
+            args=[delivery.sequence, _to_json(delivery), conversation_id, self._in_flight_ms],
         )
         return Turn(int(verdict))
 
@@ -93,9 +98,9 @@ class OrderedLines:
         return _from_json(str(reply[1]), sequence=int(reply[0]))
 
     def due(self, *, limit: int = 100) -> list[tuple[str, Delivery]]:
-        """Lines whose next event was published but not started in time, for the
-        caller to publish again; each is given its time again (ZREM first: one
-        pump gets it)."""
+        """Lines whose next event was not started, or not started again or ended,
+        in time, for the caller to publish again from its last progress; each
+        is given its time again (ZREM first: one pump gets it)."""
         found = []
         now_ms = int(time.time() * 1000)
         for conversation_id in self._redis.zrangebyscore(
@@ -107,7 +112,7 @@ class OrderedLines:
             line = keys.line(cid)
             next_seq = int(self._redis.get(line.next) or 1)
             payload = self._redis.hget(line.waiting, str(next_seq))
-            if payload is not None:  # else started meanwhile
+            if payload is not None:  # else it ended meanwhile
                 self._redis.zadd(keys.ORDERED_DUE, {cid: now_ms + _START_WITHIN_MS})
                 found.append((cid, _from_json(str(payload), sequence=next_seq)))
         return found

@@ -14,6 +14,9 @@ if seq < next then
 end
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+if seq > next then
+  return {}  -- ended out of turn (a publish that failed): skipped when its turn comes
+end
 while redis.call('SREM', KEYS[4], tostring(next)) == 1 do
   next = next + 1
 end

@@ -24,6 +24,7 @@ from webhooks.ordering import OrderedLines, ordered_line_gauges
 from webhooks.prometheus import render
 from webhooks.queues import dead_letter_count, queue_depths
 from webhooks.stats import format_table, summarize
+from webhooks.times import parse_time
 
 __all__ = ["add_parsers", "run"]
 
@@ -68,14 +69,9 @@ def run(args: argparse.Namespace, context: Context) -> int:
 
 def _parse_time(text: str) -> float:
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _when(epoch: float) -> str:

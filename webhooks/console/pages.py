@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -15,6 +14,7 @@ from webhooks.console.queries import endpoint_rows, find_deliveries, masked_conf
 from webhooks.deadletters import DeadLetter, DeadLetters
 from webhooks.metrics import Metrics
 from webhooks.stats import summarize
+from webhooks.times import parse_time
 
 if TYPE_CHECKING:
     from webhooks.console.app import ConsoleDeps
@@ -74,17 +74,13 @@ def dead(letters: DeadLetters, args: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _parse_time(text: str) -> float | None:
+    """A filter the form left empty or mistyped filters nothing."""
     if not text:
         return None
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_time(text)
     except ValueError:
         return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def replay(

@@ -20,9 +20,12 @@ from pathlib import Path
 import pytest
 
 from tasks import deliver_webhook
+from tasks.replay import republish
 from testing.receiver import Behaviour, Hang, ReceivedRequest, Receiver, Respond
 from testing.worker import WorkerProcess
 from tests.support import Broker, make_event, unique_path, wait_until
+from webhooks import keys
+from webhooks.deadletters import DeadLetter
 from webhooks.ordering import OrderedLines
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +41,7 @@ SETTINGS = {
 PRODUCER = """
 import json, sys
 from tasks import deliver_webhook
+from tasks.replay import republish
 from tests.support import make_event
 cids, count = json.loads(sys.argv[1]), int(sys.argv[2])
 ids = [str(deliver_webhook.delay(make_event(cid)).id) for _ in range(count) for cid in cids]
@@ -176,3 +180,23 @@ def test_an_unordered_conversation_is_not_held_back_by_a_blocked_line(
     assert [o.sequence for o in outcomes] == [1, 2, 3, 4]
     assert [sequence(r) for r in receiver.received(blocked_path)] == [1, 1, 2, 3, 4]
     wait_until(lambda: not lines.blocked(), 5, "the line unblocked")
+
+
+def test_a_replayed_dead_letter_joins_the_back_of_its_line(
+    broker: Broker, receiver: Receiver
+) -> None:
+    # Given an ordered conversation whose event 1 is published (no worker runs)
+    cid = ordered_conversation(broker, receiver, unique_path())
+    first = deliver_webhook.delay(make_event(cid))
+
+    # When a dead letter of that conversation is replayed, as the CLI and the
+    # console do
+    letter = DeadLetter("msg_replayed", 0.0, make_event(cid), None, {"sequence": 7})
+    republish(letter)
+
+    # Then it is a new event of the line, numbered after the ones before it,
+    # waiting its turn
+    waiting = broker.client.hgetall(keys.line(cid).waiting)
+    assert set(waiting) == {"1", "2"}
+    assert json.loads(waiting["1"])["webhook_id"] == first.id
+    assert json.loads(waiting["2"])["webhook_id"] == "msg_replayed"

@@ -207,6 +207,20 @@ def test_procfile_flower_refuses_to_start_without_basic_auth(redis_server: Redis
     assert "set FLOWER_BASIC_AUTH=user:password" in process.stderr
 
 
+def _first_answer(
+    process: subprocess.Popen[str], url: str, what: str, timeout: float = 30.0
+) -> requests.Response:
+    """The server's first answer at ``url``, once it listens; fail if it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return requests.get(url, timeout=2)
+        except requests.ConnectionError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                pytest.fail(f"{what} did not start:\n" + _stop(process))
+            time.sleep(0.2)
+
+
 def test_procfile_flower_serves_behind_basic_auth(redis_server: RedisServer) -> None:
     port = free_port()
     process = _shell(
@@ -219,15 +233,7 @@ def test_procfile_flower_serves_behind_basic_auth(redis_server: RedisServer) -> 
     )
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                anonymous = requests.get(url, timeout=2)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail("flower did not start:\n" + _stop(process))
-                time.sleep(0.2)
+        anonymous = _first_answer(process, url, "flower")
         token = base64.b64encode(b"ops:s3cret").decode()
         authorised = requests.get(url, headers={"Authorization": f"Basic {token}"}, timeout=5)
         # Flower serves Prometheus metrics without auth, by design.
@@ -279,15 +285,7 @@ def test_procfile_console_serves_on_loopback_behind_basic_auth(redis_server: Red
     try:
         # When it is asked for a page without and with credentials
         url = f"http://127.0.0.1:{port}/endpoints"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                anonymous = requests.get(url, timeout=2)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail("the console did not start:\n" + _stop(process))
-                time.sleep(0.2)
+        anonymous = _first_answer(process, url, "the console")
         authorised = requests.get(url, auth=("ann", "s3cret"), timeout=5)
     finally:
         output = _stop(process)

@@ -14,8 +14,6 @@ import pytest
 
 from config.settings import child_environment
 
-pytestmark = pytest.mark.slow
-
 # Run the module with SIGINT handled even if this test process ignores it
 # (a background CI shell does), so Ctrl-C can be simulated.
 DEMO = [

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
-import redis
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -34,6 +33,7 @@ from webhooks.events import Channel
 from webhooks.ratelimit import Limits, RateLimit
 from webhooks.secretbox import SecretBox
 from webhooks.signing import generate_secret, secret_key
+from webhooks.store import Store
 from webhooks.urlpolicy import check_url, resolve_public
 
 __all__ = [
@@ -137,7 +137,7 @@ def normalize_id(conversation_id: str) -> str:
 class ConversationStore:
     def __init__(
         self,
-        client: redis.Redis,
+        client: Store,
         *,
         allow_http: bool,
         allow_private: bool,

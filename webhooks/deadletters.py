@@ -13,10 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
+from webhooks.store import Store
 
 __all__ = ["DeadLetter", "DeadLetters"]
 
@@ -40,7 +39,7 @@ class DeadLetter:
 
 
 class DeadLetters:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Store) -> None:
         self._redis = client
 
     def find(self, *, endpoint: str | None = None, since: float | None = None) -> list[DeadLetter]:

@@ -31,11 +31,10 @@ from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import cast
 
-import redis
-
 from webhooks import keys
 from webhooks.progress import Delivery
 from webhooks.ratelimit import load_script
+from webhooks.store import Store
 
 __all__ = ["BlockedLine", "OrderedLines", "Turn"]
 
@@ -60,7 +59,7 @@ class BlockedLine:
 
 
 class OrderedLines:
-    def __init__(self, client: redis.Redis, *, in_flight_s: float = 120.0) -> None:
+    def __init__(self, client: Store, *, in_flight_s: float = 120.0) -> None:
         """``in_flight_s``: longer than an attempt plus the longest retry countdown."""
         self._redis = client
         self._in_flight_ms = int(in_flight_s * 1000)

@@ -12,10 +12,8 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import redis
-from redis.client import Pipeline
-
 from webhooks import keys
+from webhooks.store import Store, StorePipeline
 
 __all__ = ["Outcome", "OutcomeStore"]
 
@@ -55,7 +53,7 @@ DEFAULT_DEAD_LETTER_RETENTION_S = 30 * 24 * 3600
 class OutcomeStore:
     def __init__(
         self,
-        client: redis.Redis,
+        client: Store,
         *,
         retention_s: int,
         dead_letter_retention_s: int = DEFAULT_DEAD_LETTER_RETENTION_S,
@@ -64,7 +62,7 @@ class OutcomeStore:
         self._retention_s = retention_s
         self._dead_letter_retention_s = dead_letter_retention_s
 
-    def delivered(self, outcome: Outcome, *, pipe: Pipeline | None = None) -> None:
+    def delivered(self, outcome: Outcome, *, pipe: StorePipeline | None = None) -> None:
         """Record a delivery; with ``pipe``, queue the write for its caller."""
         (pipe if pipe is not None else self._redis).set(
             keys.delivery(outcome.webhook_id), json.dumps(outcome.to_dict()), ex=self._retention_s

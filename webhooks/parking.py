@@ -19,11 +19,10 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 
-import redis
-
 from webhooks import keys
 from webhooks.progress import Delivery
 from webhooks.ratelimit import Limits, load_script
+from webhooks.store import Store
 
 __all__ = ["ParkedDelivery", "ParkingLot", "Room"]
 
@@ -57,7 +56,7 @@ class Room:
 
 
 class ParkingLot:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Store) -> None:
         self._redis = client
         self._park = load_script(client, "park")
         self._unpark = load_script(client, "unpark")

@@ -21,7 +21,7 @@ from typing import Any
 
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
-from webhooks.store import Store
+from webhooks.store import Store, get_many
 
 __all__ = ["ORPHAN_GRACE_S", "DeadLetter", "DeadLetters"]
 
@@ -80,7 +80,7 @@ class DeadLetters:
     def _load(self, ids: list[tuple[str, float]]) -> list[DeadLetter]:
         if not ids:
             return []
-        raws = self._redis.mget([keys.dead_letter(i) for i, _ in ids])
+        raws = get_many(self._redis, [keys.dead_letter(i) for i, _ in ids])
         letters = []
         orphans = []
         for (webhook_id, failed_at), raw in zip(ids, raws, strict=True):

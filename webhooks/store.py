@@ -10,6 +10,7 @@ key's hash slot (docs/cluster.md).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "Store",
     "StorePipeline",
     "connect",
+    "get_many",
     "is_cluster_url",
     "is_sentinel_url",
     "parse_cluster_url",
@@ -58,6 +60,14 @@ class ClusterTarget:
 
     def __repr__(self) -> str:  # the password stays out of logs and errors
         return f"ClusterTarget(nodes={self.nodes!r}, tls={self.tls})"
+
+
+def get_many(client: Store, names: Sequence[str]) -> list[Any]:
+    """GET each key, in one round trip: MGET refuses keys of several Cluster slots."""
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.get(name)
+    return list(pipe.execute())
 
 
 def is_cluster_url(url: str) -> bool:

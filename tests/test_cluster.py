@@ -28,9 +28,11 @@ from testing.worker import WorkerProcess
 from tests.support import make_event, producer_using, unique_path, wait_until, worker_env
 from webhooks import keys
 from webhooks.attempts import AttemptLog
+from webhooks.console.queries import endpoint_rows
 from webhooks.conversations import ConversationStore
 from webhooks.deadletters import DeadLetters
 from webhooks.endpoints import normalize_endpoint
+from webhooks.health import HealthPolicy
 from webhooks.metrics import Metrics
 from webhooks.ordering import OrderedLines
 from webhooks.outcomes import Outcome, OutcomeStore
@@ -156,6 +158,14 @@ def test_a_burst_over_the_rate_limit_is_parked_and_released_by_the_pump(
     arrived = [r.headers["webhook-id"] for r in receiver.received(path)]
     assert sorted(arrived) == sorted(webhook_ids)
     wait_until(lambda: lot.backlog(endpoint) == 0, 10, "the line empty")
+
+    # And `webhooks endpoints` (and the console) read the endpoint's state off the cluster
+    rows = wait_until(
+        lambda: [r for r in endpoint_rows(store.client, HealthPolicy()) if r.endpoint == endpoint],
+        10,
+        "the endpoint's health flushed",
+    )
+    assert rows[0].limits.startswith("4 1000")
 
 
 def test_a_failing_receiver_leaves_its_attempts_metrics_and_a_dead_letter_to_replay(

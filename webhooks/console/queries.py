@@ -93,6 +93,9 @@ def _masked(secret: str | None) -> str | None:
 def endpoint_rows(client: Store, policy: HealthPolicy) -> list[EndpointRow]:
     """Every known endpoint: health, queue, window, in flight, parked, Retry-After hold."""
     health = HealthStore(client, policy).all()
+    # Not in the pipeline: a cluster pipeline refuses keyless commands.
+    seconds, micros = client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
     pipe = client.pipeline(transaction=False)
     for h in health:
         ek = keys.endpoint(h.endpoint)
@@ -101,10 +104,7 @@ def endpoint_rows(client: Store, policy: HealthPolicy) -> list[EndpointRow]:
         pipe.zcard(ek.parked)
         pipe.get(ek.limits)
         pipe.get(ek.hold)
-    pipe.time()
     replies: Sequence[Any] = pipe.execute()
-    seconds, micros = replies[-1]
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
     rows = []
     for i, h in enumerate(health):
         window, flight, parked, limits, hold = replies[5 * i : 5 * i + 5]

@@ -276,3 +276,42 @@ def test_a_blocked_entry_whose_line_drained_is_dropped(
     # When the blocked lines are read, it is not listed, and it is dropped
     assert lines.blocked() == []
     assert own_client.zscore(keys.ORDERED_BLOCKED, cid) is None
+
+
+def test_a_line_blocked_while_a_reader_drops_its_entry_stays_listed(
+    lines: OrderedLines, own_client: redis.Redis, cid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a stale entry for a line with nothing held back, and an event
+    # that blocks the line just after the reader looked at it
+    lines.enter(cid, event(cid, 1))
+    own_client.zadd(keys.ORDERED_BLOCKED, {cid: 0})
+    look = lines._line_state
+
+    def look_then_block(conversation_id: str) -> tuple[int, int, float | None]:
+        state = look(conversation_id)
+        lines.enter(cid, event(cid, 2))
+        return state
+
+    monkeypatch.setattr(lines, "_line_state", look_then_block)
+
+    # When the reader drops the entry
+    assert lines.blocked() == []
+
+    # Then the line is still indexed, and listed at the next read
+    monkeypatch.undo()
+    assert [b.conversation_id for b in lines.blocked()] == [cid]
+
+
+def test_an_out_of_turn_end_of_the_last_one_held_back_unblocks_the_line(
+    lines: OrderedLines, own_client: redis.Redis, cid: str
+) -> None:
+    # Given 1 in flight and 2 held back
+    lines.enter(cid, event(cid, 1))
+    lines.enter(cid, event(cid, 2))
+
+    # When 2 ends out of turn (its publish failed)
+    assert lines.end(cid, 2) is None
+
+    # Then nothing is held back, and the line is no longer blocked
+    assert lines.blocked() == []
+    assert own_client.get(keys.line(cid).blocked) is None

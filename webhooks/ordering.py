@@ -171,11 +171,12 @@ class OrderedLines:
         )
         for conversation_id, indexed_ms in indexed:
             cid = str(conversation_id)
-            found = self._blocked_line(cid)
-            if found is None:
-                self._forget(keys.ORDERED_BLOCKED, cid, self._blocked_since)
+            next_seq, waiting, since_ms = self._line_state(cid)
+            if since_ms is None and waiting <= 0:
+                self._forget(keys.ORDERED_BLOCKED, cid, self._blocked_at)
                 continue
-            next_seq, waiting, since_ms = found
+            if waiting <= 0:
+                continue  # its `:blocked` outlived the wait; the line's next end clears it
             lines.append(
                 BlockedLine(
                     conversation_id=cid,
@@ -187,8 +188,8 @@ class OrderedLines:
             )
         return sorted(lines, key=lambda b: -b.blocked_s)
 
-    def _blocked_line(self, cid: str) -> tuple[int, int, float | None] | None:
-        """The line's next, how many wait behind it and since when; None if none waits."""
+    def _line_state(self, cid: str) -> tuple[int, int, float | None]:
+        """The line's next, how many wait behind it, and since when it is blocked."""
         line = keys.line(cid)
         next_seq = int(self._redis.get(line.next) or 1)
         pipe = self._redis.pipeline(transaction=False)
@@ -196,14 +197,10 @@ class OrderedLines:
         pipe.hexists(line.waiting, str(next_seq))
         pipe.get(line.blocked)
         kept, head_kept, since = pipe.execute()
-        waiting = int(kept) - int(bool(head_kept))
-        if waiting <= 0:
-            return None
-        return next_seq, waiting, None if since is None else float(since)
+        return next_seq, int(kept) - int(bool(head_kept)), None if since is None else float(since)
 
-    def _blocked_since(self, cid: str) -> float | None:
-        found = self._blocked_line(cid)
-        return None if found is None else (found[2] or time.time() * 1000)
+    def _blocked_at(self, cid: str) -> Any:
+        return self._redis.get(keys.line(cid).blocked)
 
 
 _START_WITHIN_MS = int(START_WITHIN_S * 1000)

@@ -13,7 +13,7 @@
 -- Returns {fresh_due, blocked_since, sequence, 1}: publish it now;
 -- {fresh_due, blocked_since, sequence, 0}: it waits its turn. For the
 -- caller's global indexes: fresh_due is the due time set on a line that
--- had none, blocked_since the line's if this call blocked it (else 0).
+-- had none, blocked_since the time set on a line that was not blocked (else 0).
 local seq = redis.call('INCR', KEYS[1])
 local next = tonumber(redis.call('GET', KEYS[2]) or '1')
 redis.call('HSET', KEYS[3], seq, ARGV[1])
@@ -25,5 +25,5 @@ if seq <= next then
   redis.call('SET', KEYS[6], due)
   return {fresh and due or 0, 0, seq, 1}
 end
-redis.call('SET', KEYS[5], now, 'NX')
-return {0, tonumber(redis.call('GET', KEYS[5])), seq, 0}
+local blocks = redis.call('SET', KEYS[5], now, 'NX')  -- nil: it was blocked already
+return {0, blocks and now or 0, seq, 0}

@@ -16,7 +16,12 @@ end
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 if seq > next then
-  return {0, 0}  -- ended out of turn (a publish that failed): skipped when its turn comes
+  -- Ended out of turn (a publish that failed): skipped when its turn comes.
+  local head = redis.call('HEXISTS', KEYS[3], tostring(next))
+  if redis.call('HLEN', KEYS[3]) - head <= 0 then
+    redis.call('DEL', KEYS[5])  -- it was the last one held back
+  end
+  return {0, 0}
 end
 while redis.call('SREM', KEYS[4], tostring(next)) == 1 do
   next = next + 1
@@ -28,7 +33,10 @@ local payload = redis.call('HGET', KEYS[3], tostring(next))
 local behind = redis.call('HLEN', KEYS[3]) - (payload and 1 or 0)
 local blocked = 0
 if behind > 0 then
-  blocked = now  -- a new head holds the rest back
+  -- A new head holds the rest back; blocked is reported only when the line was not.
+  if redis.call('EXISTS', KEYS[5]) == 0 then
+    blocked = now
+  end
   redis.call('SET', KEYS[5], now)
 else
   redis.call('DEL', KEYS[5])

@@ -23,5 +23,5 @@ if seq == next then
   redis.call('SET', KEYS[6], due)
   return {fresh and due or 0, 0, 1}
 end
-redis.call('SET', KEYS[5], now, 'NX')
-return {0, tonumber(redis.call('GET', KEYS[5])), 0}
+local blocks = redis.call('SET', KEYS[5], now, 'NX')  -- nil: it was blocked already
+return {0, blocks and now or 0, 0}

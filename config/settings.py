@@ -23,7 +23,7 @@ from webhooks.outcomes import DEFAULT_DEAD_LETTER_RETENTION_S
 from webhooks.ratelimit import Limits, RateLimit
 from webhooks.secretbox import parse_keys
 from webhooks.signing import secret_key
-from webhooks.store import is_sentinel_url, parse_sentinel_url
+from webhooks.store import is_cluster_url, is_sentinel_url, parse_cluster_url, parse_sentinel_url
 
 __all__ = ["Settings", "child_environment"]
 
@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     # Out of repr: a URL may carry Redis' password.
     redis_url: str = Field(
         "redis://localhost:6379/0",
-        description="Store for conversations, secrets and outcomes; also the broker by default.",
+        description="Store for conversations, secrets and outcomes; also the broker by default. "
+        "redis+cluster:// names a Redis Cluster (then WEBHOOKS_BROKER_URL is required).",
         repr=False,
     )
     broker_url: str | None = Field(
@@ -204,7 +205,24 @@ class Settings(BaseSettings):
             )
         if is_sentinel_url(value):
             parse_sentinel_url(value)
+        if is_cluster_url(value):
+            parse_cluster_url(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_cluster_broker(self) -> Settings:
+        # kombu has no Redis Cluster transport: a cluster can only be the store.
+        if self.broker_url is not None and is_cluster_url(self.broker_url):
+            raise ValueError(
+                "WEBHOOKS_BROKER_URL cannot be a Redis Cluster (kombu has no Cluster "
+                "transport): give one Redis or a redis+sentinel:// group"
+            )
+        if self.broker_url is None and is_cluster_url(self.redis_url):
+            raise ValueError(
+                "a Redis Cluster store (WEBHOOKS_REDIS_URL=redis+cluster://…) needs "
+                "WEBHOOKS_BROKER_URL: one Redis or a redis+sentinel:// group as the broker"
+            )
+        return self
 
     @property
     def sentinel_password(self) -> str | None:

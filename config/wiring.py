@@ -27,7 +27,7 @@ from webhooks.progress import Delivery
 from webhooks.ratelimit import Limiter
 from webhooks.secretbox import SecretBox
 from webhooks.sender import Sender
-from webhooks.store import connect
+from webhooks.store import Store, connect
 from webhooks.targets import DeliveryPolicy
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 
-def store_client(settings: Settings) -> redis.Redis:
+def store_client(settings: Settings) -> Store:
     """A client of the store (``WEBHOOKS_REDIS_URL``) with the configured timeouts;
     of the group's current master if the URL names a Sentinel group."""
     return _client(settings.redis_url, settings)
@@ -53,11 +53,14 @@ def store_client(settings: Settings) -> redis.Redis:
 def broker_client(settings: Settings) -> redis.Redis:
     """A plain Redis client of the broker, for what kombu does not do itself
     (worker heartbeats, queue depths); it follows a Sentinel failover as
-    kombu's own connections do."""
-    return _client(settings.effective_broker_url, settings)
+    kombu's own connections do. Settings refuse a Cluster broker, so one is a bug."""
+    client = _client(settings.effective_broker_url, settings)
+    if not isinstance(client, redis.Redis):
+        raise TypeError("the broker cannot be a Redis Cluster (kombu has no Cluster transport)")
+    return client
 
 
-def _client(url: str, settings: Settings) -> redis.Redis:
+def _client(url: str, settings: Settings) -> Store:
     return connect(
         url,
         socket_timeout_s=settings.redis_socket_timeout_s,
@@ -71,7 +74,7 @@ def secret_box(settings: Settings) -> SecretBox | None:
     return SecretBox(settings.secrets_keys) if settings.secrets_keys else None
 
 
-def conversation_store(client: redis.Redis, settings: Settings) -> ConversationStore:
+def conversation_store(client: Store, settings: Settings) -> ConversationStore:
     return ConversationStore(
         client,
         allow_http=settings.allow_http,
@@ -81,7 +84,7 @@ def conversation_store(client: redis.Redis, settings: Settings) -> ConversationS
     )
 
 
-def check_secrets_key(client: redis.Redis, settings: Settings) -> None:
+def check_secrets_key(client: Store, settings: Settings) -> None:
     """Raise :class:`~webhooks.errors.SecretsLocked` if the stored secrets are
     encrypted and the configured keys cannot open them: the worker and the CLI
     call this at start, so nothing runs that could not sign."""
@@ -152,7 +155,7 @@ def deliverer(
     )
 
 
-def console(settings: Settings, client: redis.Redis) -> Flask:
+def console(settings: Settings, client: Store) -> Flask:
     """The console's app over ``client``; replays publish through the Celery app.
 
     Imported here, not at the top: only ``webhooks console`` needs Flask.

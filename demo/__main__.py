@@ -35,7 +35,7 @@ from testing.worker import WorkerProcess
 from webhooks.conversations import ConversationStore
 from webhooks.errors import InvalidEvent
 from webhooks.outcomes import Outcome, OutcomeStore
-from webhooks.store import connect
+from webhooks.store import Store, connect
 
 __all__ = ["main"]
 
@@ -105,9 +105,7 @@ def _start_worker(stack: ExitStack, redis_url: str, ca: TestCA) -> WorkerProcess
     return worker
 
 
-def _register(
-    stack: ExitStack, client: redis.Redis, settings: Settings, receiver: Receiver
-) -> list[str]:
+def _register(stack: ExitStack, client: Store, settings: Settings, receiver: Receiver) -> list[str]:
     store = conversation_store(client, settings)
     ids = []
     for workflow_id, path in (("123", PATH), ("456", FLAKY_PATH)):

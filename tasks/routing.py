@@ -30,6 +30,7 @@ from webhooks.errors import InvalidConfiguration
 from webhooks.health import HealthStore
 from webhooks.ordering import OrderedLines
 from webhooks.queues import QUEUE, SLOW_QUEUE
+from webhooks.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,14 @@ class EndpointRouter:
     def __init__(self, celery: WebhooksCelery) -> None:
         self._app = celery
         self._lock = threading.Lock()
-        self._client: redis.Redis | None = None
+        self._client: Store | None = None
         self._client_url = ""
         self._slow: set[str] = set()
         self._slow_read_at = float("-inf")
         self._conversations: CachedConversations | None = None
         self._lookup_failed_at = float("-inf")
         self._lines: OrderedLines | None = None
-        self._lines_client: redis.Redis | None = None
+        self._lines_client: Store | None = None
 
     def __call__(
         self, name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any
@@ -142,7 +143,7 @@ class EndpointRouter:
                 )
             return self._conversations
 
-    def _redis(self) -> redis.Redis:
+    def _redis(self) -> Store:
         settings = self._app.settings
         if self._client is None or self._client_url != settings.redis_url:
             self._client = wiring.store_client(settings)

@@ -18,6 +18,7 @@ import redis
 from config.celery_app import app
 from config.settings import Settings
 from config.wiring import conversation_store
+from testing.cluster import RedisCluster
 from testing.receiver import Receiver, TestCA
 from testing.redis_server import RedisServer
 from testing.worker import WorkerProcess
@@ -36,6 +37,13 @@ METRICS_DB = 13
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """Three cluster masters, formed once for the session (about 2 s)."""
+    with RedisCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

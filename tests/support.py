@@ -20,12 +20,14 @@ from testing.redis_server import RedisServer
 from webhooks.conversations import ConversationStore
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.ratelimit import Limiter
+from webhooks.store import Store, connect
 
 __all__ = [
     "FAST_SCHEDULE",
     "Broker",
     "dedicated_broker",
     "make_event",
+    "producer_using",
     "registered",
     "release_slot",
     "unique_path",
@@ -133,23 +135,37 @@ class Broker:
 
 
 @contextmanager
+def producer_using(producer_settings: Settings, **update: str) -> Iterator[tuple[Settings, Store]]:
+    """Point the producer (this process) at other Redis URLs for the block, then
+    back; yields its settings and a client of its store."""
+    settings = producer_settings.model_copy(update=update)
+    client = connect(settings.redis_url, socket_timeout_s=5)
+    app.configure(settings)
+    try:
+        yield settings, client
+    finally:
+        app.configure(producer_settings)
+        client.close()
+
+
+@contextmanager
 def dedicated_broker(producer_settings: Settings, ca: TestCA) -> Iterator[Broker]:
     """Point the producer at a fresh Redis for the block, then back."""
-    with RedisServer() as server:
-        settings = producer_settings.model_copy(update={"redis_url": server.url})
-        client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=5)
-        app.configure(settings)
-        try:
-            yield Broker(
-                server=server,
-                client=client,
-                conversations=conversation_store(client, settings),
-                outcomes=OutcomeStore(client, retention_s=3600),
-                ca=ca,
-            )
-        finally:
-            app.configure(producer_settings)
-            client.close()
+    with (
+        RedisServer() as server,
+        producer_using(producer_settings, redis_url=server.url) as (
+            settings,
+            client,
+        ),
+    ):
+        assert isinstance(client, redis.Redis)
+        yield Broker(
+            server=server,
+            client=client,
+            conversations=conversation_store(client, settings),
+            outcomes=OutcomeStore(client, retention_s=3600),
+            ca=ca,
+        )
 
 
 def release_slot(

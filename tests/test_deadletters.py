@@ -254,6 +254,25 @@ def test_the_url_of_a_letter_is_its_callback_or_the_configured_one(
 # --- retention ------------------------------------------------------------------
 
 
+def test_an_entry_without_its_letter_is_skipped_and_dropped_once_stale(
+    db_client: redis.Redis, letters: DeadLetters
+) -> None:
+    # Given a letter, an old index entry whose letter is gone (a crash
+    # between the index write and the letter's), and a fresh one whose letter
+    # is still being written
+    kept = dead(db_client)
+    lost = dead(db_client)
+    db_client.delete(keys.dead_letter(lost))
+    db_client.zadd(keys.DEAD_LETTERS, {"being-written": time.time()})
+
+    # When the letters are listed
+    found = letters.find()
+
+    # Then only the whole letter is listed, and only the stale entry is dropped
+    assert ids(found) == [kept]
+    assert set(db_client.zrange(keys.DEAD_LETTERS, 0, -1)) == {kept, "being-written"}
+
+
 def test_dead_letters_expire_and_leave_the_index_as_new_ones_come(db_client: redis.Redis) -> None:
     # Given a store that keeps dead letters for 100 s, and a letter 150 s old
     store = OutcomeStore(db_client, retention_s=10, dead_letter_retention_s=100)

@@ -107,8 +107,11 @@ def test_a_skipped_number_does_not_block_the_line(lines: OrderedLines, cid: str)
 
 
 def past(own_client: redis.Redis, cid: str) -> None:
-    """As if the time to start the line's next event had run out."""
-    own_client.zadd(keys.ORDERED_DUE, {cid: int((time.time() - 1) * 1000)})
+    """As if the time to start the line's next event had run out (the line's
+    own due time and its index entry both passed)."""
+    due = int((time.time() - 1) * 1000)
+    own_client.set(keys.line(cid).due, due)
+    own_client.zadd(keys.ORDERED_DUE, {cid: due})
 
 
 def test_a_handed_out_event_not_started_in_time_is_published_again(
@@ -133,9 +136,13 @@ def test_a_handed_out_event_not_started_in_time_is_published_again(
     # Then once a worker starts it, it is due only after the in-flight time
     before_ms = time.time() * 1000
     assert lines.enter(cid, event(cid, 2)) is Turn.NOW
-    due_at = own_client.zscore(keys.ORDERED_DUE, cid)
-    assert due_at is not None and due_at >= before_ms + 120_000 - 1000
+    due_at = own_client.get(keys.line(cid).due)
+    assert due_at is not None and int(due_at) >= before_ms + 120_000 - 1000
     assert lines.due() == []
+    # (its index entry may be early: the pump asks the line, and puts it off)
+    own_client.zadd(keys.ORDERED_DUE, {cid: int(before_ms)})
+    assert lines.due() == []
+    assert own_client.zscore(keys.ORDERED_DUE, cid) == int(due_at)
 
 
 def test_a_started_event_whose_retry_is_lost_is_published_again_from_its_progress(
@@ -195,9 +202,116 @@ def test_the_metrics_gauges_count_blocked_lines_and_the_oldest_age(
     # When a line has been blocked for about 90 s
     lines.enter(cid, event(cid, 1))
     lines.enter(cid, event(cid, 2))
-    own_client.zadd(keys.ORDERED_BLOCKED, {cid: int((time.time() - 90) * 1000)})
+    own_client.set(keys.line(cid).blocked, int((time.time() - 90) * 1000))
 
     # Then they count it and show its age
     gauges = ordered_line_gauges(lines)
     assert gauges["ordered_lines_blocked"] == {"all": 1.0}
     assert 89 <= gauges["ordered_line_blocked_seconds"]["oldest"] <= 95
+
+
+def test_a_stale_due_entry_is_dropped(
+    lines: OrderedLines, own_client: redis.Redis, cid: str
+) -> None:
+    # Given a line whose only event ended, and its index entry left behind
+    # (as a crash between the line's script and the index write leaves it)
+    lines.admit(cid, Delivery({"conversation_id": cid}, "msg_1"))
+    lines.end(cid, 1)
+    own_client.zadd(keys.ORDERED_DUE, {cid: 0})
+
+    # When the pump looks, nothing is published and the entry is gone
+    assert lines.due() == []
+    assert own_client.zscore(keys.ORDERED_DUE, cid) is None
+
+
+def test_an_event_admitted_while_the_pump_drops_the_entry_keeps_its_line_indexed(
+    lines: OrderedLines, own_client: redis.Redis, cid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a drained line with a stale index entry, and an event admitted
+    # just after the pump's look found nothing due
+    lines.admit(cid, Delivery({"conversation_id": cid}, "msg_1"))
+    lines.end(cid, 1)
+    own_client.zadd(keys.ORDERED_DUE, {cid: 0})
+    look = lines._due
+
+    def look_then_admit(**kwargs: object) -> object:
+        reply = look(**kwargs)  # type: ignore[arg-type]
+        lines.admit(cid, Delivery({"conversation_id": cid}, "msg_2"))
+        return reply
+
+    monkeypatch.setattr(lines, "_due", look_then_admit)
+
+    # When the pump drops the entry
+    assert lines.due() == []
+
+    # Then the line is still indexed, no later than it is due
+    due, indexed = own_client.get(keys.line(cid).due), own_client.zscore(keys.ORDERED_DUE, cid)
+    assert due is not None and indexed is not None and indexed <= int(due)
+
+
+def test_every_due_line_is_indexed_no_later_than_it_is_due(
+    lines: OrderedLines, own_client: redis.Redis, cid: str
+) -> None:
+    # When events are entered and ended (the line's due time first set far
+    # ahead, for a started event, then brought forward by the hand-out)
+    for step in (
+        lambda: lines.enter(cid, event(cid, 1)),
+        lambda: lines.enter(cid, event(cid, 2)),
+        lambda: lines.end(cid, 1),
+        lambda: lines.enter(cid, event(cid, 2)),
+    ):
+        step()
+        # Then after each, the line's index entry is no later than its due time
+        due, indexed = own_client.get(keys.line(cid).due), own_client.zscore(keys.ORDERED_DUE, cid)
+        assert due is not None and indexed is not None and indexed <= int(due)
+
+
+def test_a_blocked_entry_whose_line_drained_is_dropped(
+    lines: OrderedLines, own_client: redis.Redis, cid: str
+) -> None:
+    # Given an index entry for a line that holds nothing back
+    lines.enter(cid, event(cid, 1))
+    own_client.zadd(keys.ORDERED_BLOCKED, {cid: 0})
+
+    # When the blocked lines are read, it is not listed, and it is dropped
+    assert lines.blocked() == []
+    assert own_client.zscore(keys.ORDERED_BLOCKED, cid) is None
+
+
+def test_a_line_blocked_while_a_reader_drops_its_entry_stays_listed(
+    lines: OrderedLines, own_client: redis.Redis, cid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a stale entry for a line with nothing held back, and an event
+    # that blocks the line just after the reader looked at it
+    lines.enter(cid, event(cid, 1))
+    own_client.zadd(keys.ORDERED_BLOCKED, {cid: 0})
+    look = lines._line_state
+
+    def look_then_block(conversation_id: str) -> tuple[int, int, float | None]:
+        state = look(conversation_id)
+        lines.enter(cid, event(cid, 2))
+        return state
+
+    monkeypatch.setattr(lines, "_line_state", look_then_block)
+
+    # When the reader drops the entry
+    assert lines.blocked() == []
+
+    # Then the line is still indexed, and listed at the next read
+    monkeypatch.undo()
+    assert [b.conversation_id for b in lines.blocked()] == [cid]
+
+
+def test_an_out_of_turn_end_of_the_last_one_held_back_unblocks_the_line(
+    lines: OrderedLines, own_client: redis.Redis, cid: str
+) -> None:
+    # Given 1 in flight and 2 held back
+    lines.enter(cid, event(cid, 1))
+    lines.enter(cid, event(cid, 2))
+
+    # When 2 ends out of turn (its publish failed)
+    assert lines.end(cid, 2) is None
+
+    # Then nothing is held back, and the line is no longer blocked
+    assert lines.blocked() == []
+    assert own_client.get(keys.line(cid).blocked) is None

@@ -416,6 +416,26 @@ def test_reschedule_keeps_a_line_that_is_not_empty(
     assert endpoint in lot.due()
 
 
+def test_a_park_racing_a_reschedule_of_its_empty_line_stays_indexed(
+    lot: ParkingLot, own_client: redis.Redis, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a park whose index entry a pump drops, the line still empty,
+    # before the park's script puts the delivery in the line
+    park_script = lot._park
+
+    def dropped_first(**kwargs: object) -> object:
+        lot.reschedule(endpoint, wait_s=None)
+        return park_script(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lot, "_park", dropped_first)
+
+    # When the park completes
+    park_all(lot, endpoint, 1)
+
+    # Then the endpoint is indexed again: the pump will find the delivery
+    assert index_score(own_client, endpoint) is not None
+
+
 def test_reschedule_later(lot: ParkingLot, own_client: redis.Redis, endpoint: str) -> None:
     # Given a due endpoint
     park_all(lot, endpoint, 1)

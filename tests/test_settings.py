@@ -280,6 +280,40 @@ def test_a_bad_sentinel_url_is_refused_clearly_without_its_password(
     assert "hunter2" not in str(caught.value)
 
 
+def test_a_cluster_is_accepted_as_the_store_with_a_broker_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WEBHOOKS_REDIS_URL", "redis+cluster://:hunter2@n1:7000,n2:7001/")
+    monkeypatch.setenv("WEBHOOKS_BROKER_URL", "redis://broker:6379/0")
+
+    settings = Settings()
+
+    assert settings.effective_broker_url == "redis://broker:6379/0"
+    assert "hunter2" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("store", "broker", "complaint"),
+    [
+        ("redis+cluster://:hunter2@n1:7000/", None, "needs WEBHOOKS_BROKER_URL"),
+        ("redis://localhost/0", "redis+cluster://:hunter2@n1:7000/", "no Cluster transport"),
+        ("redis+cluster://:hunter2@/", "redis://b/0", "at least one node"),
+        ("redis+cluster://:hunter2@n1:port/", "redis://b/0", "bad node address"),
+        ("redis+cluster://:hunter2@n1:7000/3", "redis://b/0", "only database 0"),
+    ],
+)
+def test_a_cluster_where_it_cannot_serve_is_refused_clearly_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, store: str, broker: str | None, complaint: str
+) -> None:
+    monkeypatch.setenv("WEBHOOKS_REDIS_URL", store)
+    if broker is not None:
+        monkeypatch.setenv("WEBHOOKS_BROKER_URL", broker)
+
+    with pytest.raises(ValidationError, match=complaint) as caught:
+        Settings()
+    assert "hunter2" not in str(caught.value)
+
+
 def test_an_empty_sentinel_password_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEBHOOKS_REDIS_SENTINEL_PASSWORD", "")
 

@@ -13,18 +13,26 @@ from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 from redis.sentinel import SentinelConnectionPool
 
 from config import wiring
 from config.celery_app import app
 from config.settings import Settings
 from tasks import deliver_webhook
+from testing.cluster import RedisCluster
 from testing.receiver import Receiver, TestCA
-from testing.redis_server import RedisServer, ServerTLS
+from testing.redis_server import RedisServer, ServerTLS, free_port
 from testing.worker import WorkerProcess
 from tests.support import make_event, registered, unique_path, wait_until, worker_env
 from webhooks.outcomes import OutcomeStore
-from webhooks.store import SentinelTarget, connect, parse_sentinel_url
+from webhooks.store import (
+    ClusterTarget,
+    SentinelTarget,
+    connect,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
 
 USER, PASSWORD = "webhooks", "Zq7-not-in-any-log"
 
@@ -153,6 +161,47 @@ def test_a_password_without_a_user_is_the_default_users() -> None:
     target = parse_sentinel_url("redis+sentinel://:secret@s1/main")
 
     assert (target.username, target.password) == (None, "secret")
+
+
+def test_a_cluster_url_names_its_nodes_tls_and_credentials() -> None:
+    target = parse_cluster_url("rediss+cluster://app:p%40ss@n1:7000,n2,[::1]:7002/")
+
+    assert target == ClusterTarget(
+        nodes=(("n1", 7000), ("n2", 6379), ("::1", 7002)),
+        tls=True,
+        username="app",
+        password="p@ss",
+    )
+    assert "p@ss" not in repr(target)
+
+
+def test_a_cluster_client_has_the_single_clients_timeouts_and_credentials(
+    redis_cluster: RedisCluster,
+) -> None:
+    # Given the session's cluster, named by one of its nodes
+    url = f"redis+cluster://127.0.0.1:{redis_cluster.nodes[0].port}/"
+
+    # When a client is built from it
+    client = connect(url, socket_timeout_s=3)
+
+    # Then it found all three masters, and every node's connections time out
+    assert isinstance(client, redis.cluster.RedisCluster)
+    nodes = client.get_primaries()
+    assert len(nodes) == 3
+    for node in nodes:
+        options = node.redis_connection.connection_pool.connection_kwargs
+        assert (options["socket_timeout"], options["socket_connect_timeout"]) == (3, 3)
+        assert options["decode_responses"] is True
+    client.close()
+
+
+def test_a_cluster_that_no_node_answers_is_an_unreachable_redis() -> None:
+    # Given a URL naming a node where nothing listens
+    url = f"redis+cluster://127.0.0.1:{free_port()}/"
+
+    # When a client is built, Then it is the error every caller handles
+    with pytest.raises(redis.ConnectionError, match="no node"):
+        connect(url, socket_timeout_s=1)
 
 
 def test_a_sentinel_client_has_timeouts_on_the_master_and_on_every_sentinel() -> None:

@@ -13,10 +13,8 @@ import json
 import logging
 from dataclasses import dataclass, fields
 
-import redis
-from redis.client import Pipeline
-
 from webhooks import keys
+from webhooks.store import Store, StorePipeline
 
 __all__ = ["AttemptLog", "AttemptRecord"]
 
@@ -55,11 +53,11 @@ _RECORD_FIELDS = tuple(f.name for f in fields(AttemptRecord))
 
 
 class AttemptLog:
-    def __init__(self, client: redis.Redis, *, retention_s: int) -> None:
+    def __init__(self, client: Store, *, retention_s: int) -> None:
         self._redis = client
         self._retention_s = retention_s
 
-    def record(self, record: AttemptRecord, *, pipe: Pipeline | None = None) -> None:
+    def record(self, record: AttemptRecord, *, pipe: StorePipeline | None = None) -> None:
         """Log and store ``record``; with ``pipe``, queue the writes for its caller."""
         line = record.to_json()
         log.info("%s", line)

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
-import redis
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -34,6 +33,7 @@ from webhooks.events import Channel
 from webhooks.ratelimit import Limits, RateLimit
 from webhooks.secretbox import SecretBox
 from webhooks.signing import generate_secret, secret_key
+from webhooks.store import Store, get_many
 from webhooks.urlpolicy import check_url, resolve_public
 
 __all__ = [
@@ -137,7 +137,7 @@ def normalize_id(conversation_id: str) -> str:
 class ConversationStore:
     def __init__(
         self,
-        client: redis.Redis,
+        client: Store,
         *,
         allow_http: bool,
         allow_private: bool,
@@ -253,7 +253,7 @@ class ConversationStore:
         ids = sorted(str(i) for i in self._redis.smembers(keys.CONVERSATIONS))
         if not ids:
             return []
-        raws = self._redis.mget([keys.conversation(i) for i in ids])
+        raws = get_many(self._redis, [keys.conversation(i) for i in ids])
         return [self._load(r) for r in raws if r is not None]
 
     def check_key(self) -> None:
@@ -268,21 +268,24 @@ class ConversationStore:
 
     def delete(self, conversation_id: str) -> bool:
         cid = normalize_id(conversation_id)
-        pipe = self._redis.pipeline()
-        pipe.delete(keys.conversation(cid))
-        pipe.srem(keys.CONVERSATIONS, cid)
-        deleted, _ = pipe.execute()
+        # The record goes first, its index entry after (on a Redis Cluster
+        # they are in different slots): a crash in between leaves an entry
+        # without a record, which readers skip; never an unlisted record.
+        deleted = self._redis.delete(keys.conversation(cid))
+        self._redis.srem(keys.CONVERSATIONS, cid)
         return bool(deleted)
 
     def _save(self, conversation: Conversation) -> None:
         data = conversation.model_dump(mode="json")
-        pipe = self._redis.pipeline()
+        # The canary and the index entry go first, the record after (see
+        # delete): a sealed secret is never stored without its canary.
+        index = self._redis.pipeline(transaction=False)
         if self._box is not None:
             secrets_at_rest.seal_record(data, self._box)
-            secrets_at_rest.mark_sealed(pipe, self._box)
-        pipe.set(keys.conversation(conversation.conversation_id), json.dumps(data))
-        pipe.sadd(keys.CONVERSATIONS, conversation.conversation_id)
-        pipe.execute()
+            secrets_at_rest.mark_sealed(index, self._box)
+        index.sadd(keys.CONVERSATIONS, conversation.conversation_id)
+        index.execute()
+        self._redis.set(keys.conversation(conversation.conversation_id), json.dumps(data))
 
     def _load(self, raw: str | bytes) -> Conversation:
         data = json.loads(raw)

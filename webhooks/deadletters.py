@@ -4,21 +4,29 @@ A replay must be idempotent: two operators replaying the same entry at the
 same moment must not deliver it twice. Taking an entry out is a ``ZREM`` on
 the index, which only one caller can win; the winner republishes, and puts
 the entry back if that fails, so a replay never loses one either.
+
+The index is written before the letter (:meth:`OutcomeStore.failed`; on a
+Redis Cluster no transaction spans the two): an entry whose letter is gone
+is skipped, and removed once it is older than ``ORPHAN_GRACE_S``, by then
+not a letter still being written.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from webhooks import keys
 from webhooks.endpoints import normalize_endpoint
+from webhooks.store import Store, get_many
 
-__all__ = ["DeadLetter", "DeadLetters"]
+__all__ = ["ORPHAN_GRACE_S", "DeadLetter", "DeadLetters"]
+
+#: An index entry without its letter this long after the failure is an orphan.
+ORPHAN_GRACE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +48,7 @@ class DeadLetter:
 
 
 class DeadLetters:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Store) -> None:
         self._redis = client
 
     def find(self, *, endpoint: str | None = None, since: float | None = None) -> list[DeadLetter]:
@@ -72,10 +80,13 @@ class DeadLetters:
     def _load(self, ids: list[tuple[str, float]]) -> list[DeadLetter]:
         if not ids:
             return []
-        raws = self._redis.mget([keys.dead_letter(i) for i, _ in ids])
+        raws = get_many(self._redis, [keys.dead_letter(i) for i, _ in ids])
         letters = []
+        orphans = []
         for (webhook_id, failed_at), raw in zip(ids, raws, strict=True):
             if raw is None:
+                if failed_at < time.time() - ORPHAN_GRACE_S:
+                    orphans.append(webhook_id)
                 continue
             data = json.loads(raw)
             letters.append(
@@ -87,4 +98,6 @@ class DeadLetters:
                     outcome=data.get("outcome", {}),
                 )
             )
+        if orphans:
+            self._redis.zrem(keys.DEAD_LETTERS, *orphans)
         return letters

@@ -15,7 +15,6 @@ from importlib.metadata import version
 from typing import Any, Protocol
 
 import redis
-from redis.client import Pipeline
 
 from webhooks import backoff
 from webhooks.conversations import ConversationReader
@@ -39,6 +38,7 @@ from webhooks.progress import Delivery
 from webhooks.ratelimit import Denied, Granted, Limiter
 from webhooks.sender import SentResponse
 from webhooks.signing import signature_headers
+from webhooks.store import Store, StorePipeline
 from webhooks.targets import DeliveryPolicy, Target, resolve_target
 
 __all__ = [
@@ -118,7 +118,7 @@ class Deliverer:
     def __init__(
         self,
         *,
-        redis_client: redis.Redis,
+        redis_client: Store,
         sender: Poster,
         conversations: ConversationReader,
         outcomes: OutcomeStore,
@@ -279,7 +279,7 @@ class Deliverer:
         ended: Ended,
         *,
         sent: bool = True,
-        pipe: Pipeline | None = None,
+        pipe: StorePipeline | None = None,
     ) -> None:
         if self.observer is None:
             return
@@ -330,7 +330,7 @@ class Deliverer:
 
     def _write(
         self,
-        pipe: Pipeline,
+        pipe: StorePipeline,
         delivery: Delivery,
         target: Target,
         ended: Ended,

@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis
-
 from webhooks import keys
 from webhooks.ratelimit import load_script
+from webhooks.store import Store
 
 __all__ = ["EndpointHealth", "HealthPolicy", "HealthStore"]
 
@@ -41,7 +40,7 @@ class EndpointHealth:
 
 
 class HealthStore:
-    def __init__(self, client: redis.Redis, policy: HealthPolicy) -> None:
+    def __init__(self, client: Store, policy: HealthPolicy) -> None:
         self._redis = client
         self.policy = policy
         self._observe = load_script(client, "health")

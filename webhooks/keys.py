@@ -52,12 +52,12 @@ WORKERS = f"{PREFIX}:workers"
 #: Sorted set of endpoints with parked deliveries, scored by when (epoch ms)
 #: the pump should next look at them.
 PARKED_ENDPOINTS = f"{PREFIX}:parked"
-#: Ordered conversations whose line holds waiting events, scored by when
-#: (epoch ms) the event now at its head began to hold them back.
+#: Index of ordered conversations whose line may hold waiting events (each
+#: line's own ``blocked`` key says since when); readers drop stale entries.
 ORDERED_BLOCKED = f"{PREFIX}:ordered:blocked"
-#: Ordered conversations whose next event was taken out of the line to be
-#: published, scored by when (epoch ms) the pump should publish it if that
-#: publish never happened.
+#: Index of ordered conversations the pump should look at, scored (epoch ms)
+#: no later than the line's own ``due`` time: an entry may be early or
+#: stale, never missing (docs/cluster.md).
 ORDERED_DUE = f"{PREFIX}:ordered:due"
 #: Set of endpoints currently judged slow: the router's snapshot source.
 SLOW_ENDPOINTS = f"{PREFIX}:slow-endpoints"
@@ -152,9 +152,11 @@ class LineKeys:
     next: str  # string: the sequence number now allowed to be delivered
     waiting: str  # hash: sequence number -> delivery JSON, events held back
     ended: str  # set: sequence numbers that ended before their turn came
+    blocked: str  # string: since when (ms) the event at the head holds others back
+    due: str  # string: when (ms) the pump publishes the line's next event again
 
     def for_script(self) -> list[str]:
-        return [self.sequence, self.next, self.waiting, self.ended]
+        return [self.sequence, self.next, self.waiting, self.ended, self.blocked, self.due]
 
 
 def line(conversation_id: str) -> LineKeys:
@@ -164,4 +166,6 @@ def line(conversation_id: str) -> LineKeys:
         next=f"{base}:next",
         waiting=f"{base}:waiting",
         ended=f"{base}:ended",
+        blocked=f"{base}:blocked",
+        due=f"{base}:due",
     )

@@ -16,10 +16,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import redis
-
 from webhooks import keys
 from webhooks.ratelimit import load_script
+from webhooks.store import Store
 
 __all__ = [
     "BUCKETS_S",
@@ -71,7 +70,7 @@ def delivery_fields(outcome: str) -> list[tuple[str, float]]:
 
 
 class Metrics:
-    def __init__(self, client: redis.Redis, *, max_endpoints: int = 50) -> None:
+    def __init__(self, client: Store, *, max_endpoints: int = 50) -> None:
         self._redis = client
         self._max_endpoints = max_endpoints
         self._observe = load_script(client, "metrics")

@@ -26,12 +26,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import redis
-from redis.client import Pipeline
 
 from webhooks.attempts import AttemptLog, AttemptRecord
 from webhooks.errors import DeliveryError, ErrorKind, kind_of
 from webhooks.health import HealthStore
 from webhooks.metrics import Metrics, attempt_fields, delivery_fields
+from webhooks.store import StorePipeline
 
 __all__ = ["AttemptFacts", "Observer"]
 
@@ -99,7 +99,7 @@ class Observer:
         error: BaseException | None = None,
         note: str = "",
         sent: bool = True,
-        pipe: Pipeline | None = None,
+        pipe: StorePipeline | None = None,
         urgent: bool = False,
     ) -> None:
         """One attempt ended: ``error`` is None on success, ``note`` says

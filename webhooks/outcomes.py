@@ -12,10 +12,8 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import redis
-from redis.client import Pipeline
-
 from webhooks import keys
+from webhooks.store import Store, StorePipeline
 
 __all__ = ["Outcome", "OutcomeStore"]
 
@@ -55,7 +53,7 @@ DEFAULT_DEAD_LETTER_RETENTION_S = 30 * 24 * 3600
 class OutcomeStore:
     def __init__(
         self,
-        client: redis.Redis,
+        client: Store,
         *,
         retention_s: int,
         dead_letter_retention_s: int = DEFAULT_DEAD_LETTER_RETENTION_S,
@@ -64,30 +62,39 @@ class OutcomeStore:
         self._retention_s = retention_s
         self._dead_letter_retention_s = dead_letter_retention_s
 
-    def delivered(self, outcome: Outcome, *, pipe: Pipeline | None = None) -> None:
+    def delivered(self, outcome: Outcome, *, pipe: StorePipeline | None = None) -> None:
         """Record a delivery; with ``pipe``, queue the write for its caller."""
         (pipe if pipe is not None else self._redis).set(
             keys.delivery(outcome.webhook_id), json.dumps(outcome.to_dict()), ex=self._retention_s
         )
 
     def failed(self, outcome: Outcome, *, event: Any, callback_url: str | None) -> None:
-        """Record the failure and keep the payload as a dead letter, atomically.
+        """Record the failure and keep the payload as a dead letter.
 
-        Both expire (Redis runs ``noeviction``: what never expires fills it),
-        and the index forgets letters past their retention as new ones come.
+        The index entry is written first, then the records (on a Redis
+        Cluster they live in other slots, so no transaction spans them): a
+        crash in between leaves an entry without a letter, which readers skip
+        and :meth:`DeadLetters.find` removes; never a letter nobody can list.
+        Every write is idempotent, so the caller may simply try again.
+
+        Both records expire (Redis runs ``noeviction``: what never expires
+        fills it), and the index forgets letters past their retention as new
+        ones come.
         """
         letter = {"outcome": outcome.to_dict(), "event": event, "callback_url": callback_url}
         kept_s = self._dead_letter_retention_s
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.set(
+        index = self._redis.pipeline(transaction=False)
+        index.zadd(keys.DEAD_LETTERS, {outcome.webhook_id: outcome.finished_at})
+        index.zremrangebyscore(keys.DEAD_LETTERS, "-inf", f"({outcome.finished_at - kept_s}")
+        index.execute()
+        records = self._redis.pipeline(transaction=False)
+        records.set(
             keys.delivery(outcome.webhook_id),
             json.dumps(outcome.to_dict()),
             ex=max(self._retention_s, kept_s),
         )
-        pipe.set(keys.dead_letter(outcome.webhook_id), json.dumps(letter), ex=kept_s)
-        pipe.zadd(keys.DEAD_LETTERS, {outcome.webhook_id: outcome.finished_at})
-        pipe.zremrangebyscore(keys.DEAD_LETTERS, "-inf", f"({outcome.finished_at - kept_s}")
-        pipe.execute()
+        records.set(keys.dead_letter(outcome.webhook_id), json.dumps(letter), ex=kept_s)
+        records.execute()
 
     def get(self, webhook_id: str) -> Outcome | None:
         raw = self._redis.get(keys.delivery(webhook_id))

@@ -19,11 +19,10 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 
-import redis
-
 from webhooks import keys
 from webhooks.progress import Delivery
 from webhooks.ratelimit import Limits, load_script
+from webhooks.store import Store
 
 __all__ = ["ParkedDelivery", "ParkingLot", "Room"]
 
@@ -57,7 +56,7 @@ class Room:
 
 
 class ParkingLot:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Store) -> None:
         self._redis = client
         self._park = load_script(client, "park")
         self._unpark = load_script(client, "unpark")
@@ -73,18 +72,24 @@ class ParkingLot:
             f"{limits.rate.count} {limits.rate.window_s * 1000} {limits.max_concurrency}"
         )
         stamped = ParkedDelivery(delivery, parked_id=uuid.uuid4().hex)
-        pipe = self._redis.pipeline(transaction=False)
-        self._park(
-            keys=ek.for_script(),
-            args=[delivery.webhook_id, stamped.to_json(), delivery.place_ms, stored_limits],
-            client=pipe,
-        )
-        # Indexed after the line holds the delivery: a crash in between leaves
-        # it unindexed only until the next park or release for the endpoint.
+        # Indexed before the line holds the delivery (on a Redis Cluster the
+        # index is in another slot than the line, so no script spans both): a
+        # crash in between leaves an entry for an empty line, which the pump
+        # drops (reschedule), never a parked delivery the pump cannot find.
         # LT: adds a new endpoint, or brings an existing one's look forward.
-        pipe.zadd(keys.PARKED_ENDPOINTS, {endpoint: _ms(time.time() + wait_s)}, lt=True)
-        length, _ = pipe.execute()
-        return int(length)
+        look = {endpoint: _ms(time.time() + wait_s)}
+        self._redis.zadd(keys.PARKED_ENDPOINTS, look, lt=True)
+        length = int(
+            self._park(
+                keys=ek.for_script(),
+                args=[delivery.webhook_id, stamped.to_json(), delivery.place_ms, stored_limits],
+            )
+        )
+        if length == 1:
+            # The line was empty: a pump may have dropped the entry since
+            # (reschedule) without seeing this delivery. Index it again.
+            self._redis.zadd(keys.PARKED_ENDPOINTS, look, lt=True)
+        return length
 
     def wake(self, endpoint: str) -> None:
         """A slot came free: have the pump look at ``endpoint`` now."""
@@ -157,7 +162,8 @@ class ParkingLot:
         """After a pump pass: look again in ``wait_s``, or forget an empty line."""
         if wait_s is None:
             # Remove, then re-check: a park that races us either is seen by
-            # the re-check or indexes the endpoint again after our removal.
+            # the re-check or, finding the line empty, indexes the endpoint
+            # again after our removal.
             self._redis.zrem(keys.PARKED_ENDPOINTS, endpoint)
             if self.backlog(endpoint) == 0:
                 return

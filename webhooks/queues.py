@@ -6,6 +6,7 @@ from __future__ import annotations
 import redis
 
 from webhooks import keys
+from webhooks.store import Store
 
 __all__ = [
     "QUEUE",
@@ -29,7 +30,7 @@ SLOW_QUEUE = "webhooks.slow"
 QUEUES = (QUEUE, RELEASED_QUEUE, SLOW_QUEUE)
 
 
-def queue_depths(broker: redis.Redis, store: redis.Redis) -> dict[str, int]:
+def queue_depths(broker: redis.Redis, store: Store) -> dict[str, int]:
     """Messages per broker queue, plus deliveries parked for their endpoint."""
     pipe = broker.pipeline(transaction=False)
     for queue in QUEUES:
@@ -46,5 +47,5 @@ def queue_depths(broker: redis.Redis, store: redis.Redis) -> dict[str, int]:
     return depths
 
 
-def dead_letter_count(store: redis.Redis) -> int:
+def dead_letter_count(store: Store) -> int:
     return int(store.zcard(keys.DEAD_LETTERS))

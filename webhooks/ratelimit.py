@@ -13,14 +13,16 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from importlib.resources import files
 
 import redis
-from redis.client import Pipeline
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from webhooks import keys
+from webhooks.store import Store, StorePipeline
 
 __all__ = ["Denied", "Granted", "Limiter", "Limits", "RateLimit", "load_script"]
 
@@ -77,14 +79,20 @@ class Denied:
     reason: str  # "hold", "concurrency" or "rate"
 
 
-def load_script(client: redis.Redis, name: str) -> Script:
+def load_script(client: Store, name: str) -> Script:
     """Register ``webhooks/lua/<name>.lua`` once; calls then use EVALSHA."""
     source = files("webhooks").joinpath("lua", f"{name}.lua").read_text()
-    return client.register_script(source)
+    script = client.register_script(source)
+    if isinstance(client, RedisCluster):
+        # A cluster pipeline sends EVALSHA without loading the script first
+        # (a direct call reloads it on NOSCRIPT): load it on every primary now.
+        with suppress(redis.RedisError):
+            client.script_load(source)
+    return script
 
 
 class Limiter:
-    def __init__(self, client: redis.Redis, *, lease_s: float) -> None:
+    def __init__(self, client: Store, *, lease_s: float) -> None:
         self._lease_ms = math.ceil(lease_s * 1000)
         self._acquire = load_script(client, "acquire")
         self._release = load_script(client, "release")
@@ -118,7 +126,7 @@ class Limiter:
         return Denied(wait_s=max(int(value), 1) / 1000, reason=str(extra))
 
     def release_into(
-        self, pipe: Pipeline, endpoint: str, token: str, *, hold_s: float = 0.0
+        self, pipe: StorePipeline, endpoint: str, token: str, *, hold_s: float = 0.0
     ) -> None:
         """Queue freeing the slot on ``pipe``; ``hold_s`` keeps every attempt to
         the endpoint back. The pipe's last result is how many deliveries are

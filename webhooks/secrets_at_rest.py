@@ -14,10 +14,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
 from webhooks import keys
 from webhooks.secretbox import SecretBox, open_secret
+from webhooks.store import Store, StorePipeline
 
 __all__ = ["check_key", "encrypt_all", "mark_sealed", "open_record", "seal_record"]
 
@@ -43,19 +42,19 @@ def open_record(data: dict[str, Any], box: SecretBox | None) -> None:
     _each_secret(data, lambda stored: open_secret(stored, box))
 
 
-def mark_sealed(pipe: redis.client.Pipeline, box: SecretBox) -> None:
+def mark_sealed(pipe: StorePipeline, box: SecretBox) -> None:
     """Queue the canary on ``pipe`` (kept if one exists): secrets are sealed now."""
     pipe.set(keys.SECRETS_CANARY, box.seal(CANARY), nx=True)
 
 
-def check_key(client: redis.Redis, box: SecretBox | None) -> None:
+def check_key(client: Store, box: SecretBox | None) -> None:
     """Raise :class:`SecretsLocked` if secrets are sealed and ``box`` cannot open them."""
     canary = client.get(keys.SECRETS_CANARY)
     if canary is not None:
         open_secret(str(canary), box)
 
 
-def encrypt_all(client: redis.Redis, box: SecretBox) -> tuple[int, int]:
+def encrypt_all(client: Store, box: SecretBox) -> tuple[int, int]:
     """Seal every plain secret and move sealed ones to the first key.
 
     Idempotent: a value already sealed under the first key is left as it is,
@@ -69,10 +68,10 @@ def encrypt_all(client: redis.Redis, box: SecretBox) -> tuple[int, int]:
     return sum(_reseal(client, keys.conversation(cid), box) for cid in ids), len(ids)
 
 
-def _reseal(client: redis.Redis, key: str, box: SecretBox) -> int:
+def _reseal(client: Store, key: str, box: SecretBox) -> int:
     changed = [0]
 
-    def reseal(pipe: redis.client.Pipeline) -> None:
+    def reseal(pipe: StorePipeline) -> None:
         changed[0] = 0
         raw = pipe.get(key)
         if raw is None:

@@ -7,9 +7,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from config.settings import Settings
+from webhooks.store import Store
 
 __all__ = ["EXIT_INVALID", "EXIT_NOT_FOUND", "EXIT_UNAVAILABLE", "Context", "print_json"]
 
@@ -21,7 +20,7 @@ EXIT_UNAVAILABLE = 3
 @dataclass(frozen=True, slots=True)
 class Context:
     settings: Settings
-    store: redis.Redis
+    store: Store
 
 
 def print_json(data: Any) -> None:

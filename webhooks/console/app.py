@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import redis
 from flask import Flask, Response, abort, g, render_template, request
 
 from webhooks.attempts import AttemptLog
@@ -24,13 +23,14 @@ from webhooks.conversations import ConversationStore
 from webhooks.deadletters import DeadLetter, DeadLetters
 from webhooks.health import HealthPolicy
 from webhooks.outcomes import OutcomeStore
+from webhooks.store import Store
 
 __all__ = ["ConsoleDeps", "create_app"]
 
 
 @dataclass(frozen=True)
 class ConsoleDeps:
-    client: redis.Redis
+    client: Store
     attempts: AttemptLog
     outcomes: OutcomeStore
     conversations: ConversationStore

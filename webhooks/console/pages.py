@@ -7,13 +7,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from webhooks.console.chart import latency_bars
 from webhooks.console.queries import endpoint_rows, find_deliveries, masked_config
 from webhooks.deadletters import DeadLetter, DeadLetters
 from webhooks.metrics import Metrics
 from webhooks.stats import summarize
+from webhooks.store import Store
 from webhooks.times import parse_time
 
 if TYPE_CHECKING:
@@ -32,7 +31,7 @@ class ReplayResult:
     failed: list[tuple[str, str]]  # (webhook id, error): kept for another try
 
 
-def overview(client: redis.Redis) -> dict[str, Any]:
+def overview(client: Store) -> dict[str, Any]:
     summaries = summarize(Metrics(client).last_minutes(OVERVIEW_MINUTES))
     return {
         "minutes": OVERVIEW_MINUTES,

@@ -10,14 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from webhooks import keys
 from webhooks.attempts import AttemptLog, AttemptRecord
 from webhooks.conversations import Conversation, ConversationStore
 from webhooks.health import HealthPolicy, HealthStore
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.queues import QUEUE, SLOW_QUEUE
+from webhooks.store import Store
 
 __all__ = ["DeliveryView", "EndpointRow", "endpoint_rows", "find_deliveries", "masked_config"]
 
@@ -91,9 +90,12 @@ def _masked(secret: str | None) -> str | None:
     return None if secret is None else secret[:10] + "…"
 
 
-def endpoint_rows(client: redis.Redis, policy: HealthPolicy) -> list[EndpointRow]:
+def endpoint_rows(client: Store, policy: HealthPolicy) -> list[EndpointRow]:
     """Every known endpoint: health, queue, window, in flight, parked, Retry-After hold."""
     health = HealthStore(client, policy).all()
+    # Not in the pipeline: a cluster pipeline refuses keyless commands.
+    seconds, micros = client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
     pipe = client.pipeline(transaction=False)
     for h in health:
         ek = keys.endpoint(h.endpoint)
@@ -102,10 +104,7 @@ def endpoint_rows(client: redis.Redis, policy: HealthPolicy) -> list[EndpointRow
         pipe.zcard(ek.parked)
         pipe.get(ek.limits)
         pipe.get(ek.hold)
-    pipe.time()
     replies: Sequence[Any] = pipe.execute()
-    seconds, micros = replies[-1]
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
     rows = []
     for i, h in enumerate(health):
         window, flight, parked, limits, hold = replies[5 * i : 5 * i + 5]

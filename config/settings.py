@@ -29,7 +29,7 @@ from webhooks.store import is_sentinel_url, parse_sentinel_url
 __all__ = ["Settings", "child_environment", "without_password"]
 
 DEFAULT_RETRY_SCHEDULE_S = (4.0, 8.0, 10.0)
-BROKER_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+socket")
+BROKER_SCHEMES = ("redis", "rediss", "redis+sentinel")
 
 
 class Settings(BaseSettings):

@@ -41,6 +41,7 @@ from celery.signals import worker_init
 from kombu import pools
 from kombu.connection import Connection
 from kombu.messaging import Producer
+from kombu.utils.collections import eqhash
 
 from config import wiring
 from config.settings import Settings
@@ -125,10 +126,12 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
             yield producer
 
     def _drop_group_pools(self) -> None:
+        # Closed and forgotten, as _drop_broker_pools does for the app's own.
         for connection in self.__dict__.get("_groups", {}).values():
             for group in (pools.producers, pools.connections):
-                with contextlib.suppress(KeyError):
-                    group.pop(connection).force_close_all()
+                if eqhash(connection) in group:  # type: ignore[no-untyped-call]  # kombu keys by it
+                    group[connection].force_close_all()
+                    del group[connection]
         self._groups = {}
 
     def _drop_broker_pools(self) -> None:

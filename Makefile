@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.attempt_cpu
 	$(BIN)/python -m bench.ratelimit_overhead
 	$(BIN)/python -m bench.ordering
+	$(BIN)/python -m bench.capacity
 
 ## make chaos: every accepted event delivered or dead-lettered while workers and Redis crash
 ## (bench.chaos; `python -m bench.chaos --quick` for a smoke run); report in bench-results/.

@@ -35,6 +35,7 @@ __all__ = [
     "Rig",
     "busiest_window",
     "commandstats",
+    "commandstats_usec",
     "cpu_s",
     "duplicates",
     "enqueue",
@@ -54,36 +55,47 @@ UNACKED = "unacked"  # kombu's hash of delivered, unacknowledged messages
 
 @dataclass(frozen=True)
 class Rig:
-    client: redis.Redis
+    client: redis.Redis  # the store
     receiver: Receiver
     conversation_id: str
     endpoint: str
     env: dict[str, str]
+    broker: redis.Redis  # the same server as ``client`` unless asked for one of its own
 
 
 @contextmanager
-def rig(ca: TestCA, overrides: dict[str, str]) -> Iterator[Rig]:
-    """A fresh Redis and receiver, the producer pointed at them, one conversation."""
+def rig(ca: TestCA, overrides: dict[str, str], *, own_broker: bool = False) -> Iterator[Rig]:
+    """A fresh Redis and receiver, the producer pointed at them, one conversation.
+
+    ``own_broker``: the broker on a second fresh Redis, so each one's cost is its own.
+    """
     with ExitStack() as stack:
         server = stack.enter_context(RedisServer())
+        broker = stack.enter_context(RedisServer()) if own_broker else server
         receiver = stack.enter_context(Receiver(ca.server_context()))
         settings = Settings(
-            redis_url=server.url, broker_url=server.url, allow_private_networks=True
+            redis_url=server.url, broker_url=broker.url, allow_private_networks=True
         )
         app.configure(settings)
         client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=30)
         stack.callback(client.close)
+        broker_client = client
+        if own_broker:
+            broker_client = redis.Redis.from_url(
+                broker.url, decode_responses=True, socket_timeout=30
+            )
+            stack.callback(broker_client.close)
         cid = str(uuid.uuid4())
         url = receiver.url(PATH)
         conversation_store(client, settings).set(cid, {"config": {"callback_url": url}})
         env = {
             "WEBHOOKS_REDIS_URL": server.url,
-            "WEBHOOKS_BROKER_URL": server.url,
+            "WEBHOOKS_BROKER_URL": broker.url,
             "WEBHOOKS_CA_BUNDLE": str(ca.pem_path),
             "WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",
             **overrides,
         }
-        yield Rig(client, receiver, cid, normalize_endpoint(url), env)
+        yield Rig(client, receiver, cid, normalize_endpoint(url), env, broker_client)
 
 
 def message_event(conversation_id: str) -> dict[str, Any]:
@@ -106,6 +118,12 @@ def commandstats(client: redis.Redis) -> Counter[str]:
     calls = Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
     del calls["config|resetstat"]
     return calls
+
+
+def commandstats_usec(client: redis.Redis) -> Counter[str]:
+    """Microseconds Redis spent executing each command since the last CONFIG RESETSTAT."""
+    stats: dict[str, dict[str, Any]] = client.info("commandstats")
+    return Counter({k.removeprefix("cmdstat_"): int(v["usec"]) for k, v in stats.items()})
 
 
 def redis_cpu_s(client: redis.Redis) -> float:

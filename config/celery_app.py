@@ -16,6 +16,9 @@ All reliability choices live here, each with the failure it prevents:
 * a ``redis+sentinel://`` broker becomes kombu's sentinel transport, so
   workers and producers reconnect to whichever server the sentinels name
   master after a failover.
+* with ``WEBHOOKS_BROKER_URLS`` a delivery is published to the broker group
+  its conversation maps to (:meth:`WebhooksCelery.producer_for`), from every
+  publisher: producers, retries, the pump, replays.
 * JSON only, no result backend: payloads are data, never pickles, and
   delivery outcomes go to :mod:`webhooks.outcomes`, not to Celery results.
 * a worker whose ``WEBHOOKS_SECRETS_KEY`` cannot open the stored signing
@@ -28,6 +31,7 @@ import contextlib
 import logging
 import ssl
 import sys
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -35,11 +39,15 @@ import redis
 from celery import Celery
 from celery.signals import worker_init
 from kombu import pools
+from kombu.connection import Connection
+from kombu.messaging import Producer
+from kombu.utils.collections import eqhash
 
 from config import wiring
 from config.settings import Settings
 from webhooks.errors import SecretsLocked
 from webhooks.queues import QUEUE, RELEASED_QUEUE, SLOW_QUEUE  # re-exported for tasks/
+from webhooks.sharding import broker_index
 from webhooks.store import is_sentinel_url, parse_sentinel_url
 
 __all__ = [
@@ -57,9 +65,13 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
     """A Celery app that carries the service's settings for its tasks."""
 
     settings: Settings
+    #: kombu connections, one per broker group, that key kombu's pools
+    #: (which kombu empties in a forked child).
+    _groups: dict[str, Connection]
 
     def configure(self, settings: Settings) -> None:
         """Apply ``settings``; safe to call again, e.g. to re-point a producer."""
+        self._drop_group_pools()
         self.settings = settings
         self._drop_broker_pools()
         redis_options: dict[str, Any] = {
@@ -92,6 +104,36 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
             enable_utc=True,
         )
 
+    @contextlib.contextmanager
+    def producer_for(self, conversation_id: str) -> Iterator[Producer | None]:
+        """A producer on the broker group ``conversation_id`` maps to, from a
+        pool per group; None without ``WEBHOOKS_BROKER_URLS`` (the app's own).
+        """
+        urls = self.settings.broker_urls
+        if not urls:
+            yield None
+            return
+        url = urls[broker_index(conversation_id, len(urls))]
+        connection = self._groups.get(url)
+        if connection is None:
+            target, options = broker_target(self.settings, url)
+            ssl_options = _broker_tls(self.settings, url)
+            connection = self.connection_for_write(
+                target, transport_options=options, ssl=ssl_options or False
+            )
+            self._groups[url] = connection
+        with pools.producers[connection].acquire(block=True) as producer:
+            yield producer
+
+    def _drop_group_pools(self) -> None:
+        # Closed and forgotten, as _drop_broker_pools does for the app's own.
+        for connection in self.__dict__.get("_groups", {}).values():
+            for group in (pools.producers, pools.connections):
+                if eqhash(connection) in group:  # type: ignore[no-untyped-call]  # kombu keys by it
+                    group[connection].force_close_all()
+                    del group[connection]
+        self._groups = {}
+
     def _drop_broker_pools(self) -> None:
         # Celery builds the connection and producer pools on first publish
         # and keeps them; without this a reconfigured app would keep
@@ -113,8 +155,9 @@ class WebhooksCelery(Celery):  # type: ignore[misc]
             amqp._producer_pool = None
 
 
-def broker_target(settings: Settings) -> tuple[str, dict[str, Any]]:
-    """kombu's broker URL and the transport options it needs beyond the common ones.
+def broker_target(settings: Settings, url: str | None = None) -> tuple[str, dict[str, Any]]:
+    """kombu's broker URL and the transport options it needs beyond the common ones,
+    for ``url`` (default: this process's own broker).
 
     A ``redis+sentinel://`` URL becomes kombu's ``sentinel://a;sentinel://b``
     form with ``master_name``: the transport asks the sentinels for the
@@ -122,7 +165,7 @@ def broker_target(settings: Settings) -> tuple[str, dict[str, Any]]:
     failover. Password and database ride on the first URL, which is the one
     kombu reads them from.
     """
-    url = settings.effective_broker_url
+    url = url or settings.effective_broker_url
     if not is_sentinel_url(url):
         return url, {}
     target = parse_sentinel_url(url)
@@ -141,9 +184,9 @@ def broker_target(settings: Settings) -> tuple[str, dict[str, Any]]:
     return sentinels, {"master_name": target.master, "sentinel_kwargs": sentinel_kwargs}
 
 
-def _broker_tls(settings: Settings) -> dict[str, Any] | None:
+def _broker_tls(settings: Settings, url: str | None = None) -> dict[str, Any] | None:
     """TLS for a ``rediss://`` broker: the certificate always verified."""
-    if not settings.effective_broker_url.startswith("rediss://"):
+    if not (url or settings.effective_broker_url).startswith("rediss://"):
         return None
     options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     if settings.redis_ca_bundle is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -25,9 +26,10 @@ from webhooks.secretbox import parse_keys
 from webhooks.signing import secret_key
 from webhooks.store import is_cluster_url, is_sentinel_url, parse_cluster_url, parse_sentinel_url
 
-__all__ = ["Settings", "child_environment"]
+__all__ = ["Settings", "child_environment", "without_password"]
 
 DEFAULT_RETRY_SCHEDULE_S = (4.0, 8.0, 10.0)
+BROKER_SCHEMES = ("redis", "rediss", "redis+sentinel")
 
 
 class Settings(BaseSettings):
@@ -45,7 +47,16 @@ class Settings(BaseSettings):
         repr=False,
     )
     broker_url: str | None = Field(
-        None, description="A separate Celery broker, if any.", repr=False
+        None,
+        description="A separate Celery broker, if any; with WEBHOOKS_BROKER_URLS, the group "
+        "this worker consumes (default: the first).",
+        repr=False,
+    )
+    broker_urls: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Several broker groups, separated by spaces: every publisher sends a "
+        "conversation's deliveries to one of them, chosen by a stable hash of its id.",
+        repr=False,
     )
     redis_sentinel_password: SecretStr | None = Field(
         None,
@@ -217,10 +228,45 @@ class Settings(BaseSettings):
                 "WEBHOOKS_BROKER_URL cannot be a Redis Cluster (kombu has no Cluster "
                 "transport): give one Redis or a redis+sentinel:// group"
             )
-        if self.broker_url is None and is_cluster_url(self.redis_url):
+        if self.broker_url is None and not self.broker_urls and is_cluster_url(self.redis_url):
             raise ValueError(
                 "a Redis Cluster store (WEBHOOKS_REDIS_URL=redis+cluster://…) needs "
-                "WEBHOOKS_BROKER_URL: one Redis or a redis+sentinel:// group as the broker"
+                "WEBHOOKS_BROKER_URL (or WEBHOOKS_BROKER_URLS): one Redis or a redis+sentinel:// "
+                "group as the broker"
+            )
+        return self
+
+    @field_validator("broker_urls", mode="before")
+    @classmethod
+    def _split_broker_urls(cls, value: object) -> object:
+        # Spaces, not commas: a Sentinel group's URL has commas of its own.
+        return tuple(value.split()) if isinstance(value, str) else value
+
+    @field_validator("broker_urls")
+    @classmethod
+    def _check_broker_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for position, url in enumerate(value, 1):
+            named = f"broker {position} of WEBHOOKS_BROKER_URLS ({without_password(url)})"
+            if url.split("://", 1)[0].lower() not in BROKER_SCHEMES or "://" not in url:
+                raise ValueError(
+                    f"{named}: expected a redis://, rediss:// or redis+sentinel:// URL"
+                )
+            try:
+                cls._check_redis_url(url)
+            except ValueError as exc:
+                raise ValueError(f"{named}: {exc}") from None
+            if url in value[: position - 1]:
+                raise ValueError(f"{named} is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _check_own_broker(self) -> Settings:
+        # A worker consumes WEBHOOKS_BROKER_URL; if no publisher maps anything
+        # there, it would wait for work that never comes.
+        if self.broker_urls and self.broker_url and self.broker_url not in self.broker_urls:
+            raise ValueError(
+                f"WEBHOOKS_BROKER_URL ({without_password(self.broker_url)}) is not one of "
+                "WEBHOOKS_BROKER_URLS: a worker must consume one of the groups publishers use"
             )
         return self
 
@@ -348,7 +394,8 @@ class Settings(BaseSettings):
 
     @property
     def effective_broker_url(self) -> str:
-        return self.broker_url or self.redis_url
+        """The broker this process consumes, and publishes to unless told otherwise."""
+        return self.broker_url or next(iter(self.broker_urls), self.redis_url)
 
     @property
     def soft_time_limit_s(self) -> float:
@@ -363,6 +410,11 @@ class Settings(BaseSettings):
     @property
     def task_time_limit_s(self) -> float:
         return self.soft_time_limit_s + 10.0
+
+
+def without_password(url: str) -> str:
+    """``url`` with its credentials masked, fit for an error message or a log line."""
+    return re.sub(r"^([^:/]+://)[^@/]*@", r"\1***@", url)
 
 
 def child_environment(overrides: dict[str, str]) -> dict[str, str]:

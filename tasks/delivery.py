@@ -4,7 +4,9 @@ The task body is one call into :class:`webhooks.delivery.Deliverer`. What
 makes it a reliable delivery lives in :class:`DeliveryTask`:
 
 * ``apply_async`` validates in the producer, so an invalid event or URL is
-  the caller's ``ValueError`` and nothing is published;
+  the caller's ``ValueError`` and nothing is published, and publishes to the
+  broker group the conversation maps to (``WEBHOOKS_BROKER_URLS``), whoever
+  publishes: a producer, a retry, the pump, a replay;
 * ``retry`` supplies the countdown sequence (``WEBHOOKS_RETRY_SCHEDULE``)
   for ``autoretry_for`` and sizes the retry budget from it;
 * ``__call__`` turns the last failure, of whatever kind, into a dead letter
@@ -120,7 +122,11 @@ class DeliveryTask(Task):  # type: ignore[misc]
         # The first publish uses the webhook-id as task id, so the
         # AsyncResult a producer gets back names the delivery in our records.
         try:
-            return super().apply_async((), normalized, task_id or webhook_id, **options)
+            # With several broker groups, the one this conversation maps to.
+            with self.app.producer_for(str(parsed.conversation_id)) as producer:
+                if producer is not None:
+                    options.setdefault("producer", producer)
+                return super().apply_async((), normalized, task_id or webhook_id, **options)
         except Exception:
             if lines is not None:
                 # Never published: the line must not wait for it.

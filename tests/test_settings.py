@@ -155,6 +155,48 @@ def test_broker_defaults_to_the_redis_url() -> None:
     )
 
 
+def test_broker_groups_are_read_space_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given two broker groups, one a Sentinel group (whose URL has commas)
+    sentinel = "redis+sentinel://:pw@s1:26379,s2:26379/brokers/0"
+    monkeypatch.setenv("WEBHOOKS_BROKER_URLS", f" redis://b1:6379/0\n {sentinel} ")
+
+    # When settings are built
+    settings = Settings()
+
+    # Then both are groups, and a worker without WEBHOOKS_BROKER_URL consumes the first
+    assert settings.broker_urls == ("redis://b1:6379/0", sentinel)
+    assert settings.effective_broker_url == "redis://b1:6379/0"
+    assert "pw" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("urls", "error"),
+    [
+        (
+            "redis://b1/0 http://:hunter2@b2/0",
+            r"broker 2 of WEBHOOKS_BROKER_URLS \(http://\*\*\*@b2/0\)",
+        ),
+        ("redis://:hunter2@b1/0 redis://:hunter2@b1/0", r"\(redis://\*\*\*@b1/0\) is listed twice"),
+        ("redis+sentinel://:hunter2@s1:26379", "broker 1 .*give the master's name"),
+        ("b1:6379", "broker 1 .*expected a redis://"),
+    ],
+)
+def test_a_bad_broker_group_is_named_without_its_password(urls: str, error: str) -> None:
+    with pytest.raises(ValidationError, match=error) as raised:
+        Settings(broker_urls=urls)
+    assert "hunter2" not in str(raised.value)
+
+
+def test_a_worker_must_consume_one_of_the_groups() -> None:
+    # Given a worker whose broker is not among the groups publishers map to
+    with pytest.raises(
+        ValidationError, match=r"WEBHOOKS_BROKER_URL \(redis://\*\*\*@b3/0\) is not one"
+    ):
+        Settings(broker_urls="redis://b1/0 redis://b2/0", broker_url="redis://:pw@b3/0")
+    # And one whose broker is
+    assert Settings(broker_urls="redis://b1/0 redis://b2/0", broker_url="redis://b2/0")
+
+
 def test_signing_secret_is_not_shown_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a default signing secret in the environment
     secret = "whsec_" + "A" * 43 + "="

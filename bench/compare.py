@@ -1,6 +1,6 @@
 """``python -m bench.compare``: our pipeline against the obvious alternative, in one run.
 
-Three contenders, each on its own fresh ``redis-server``, delivering to the
+Four contenders, each on its own fresh ``redis-server``, delivering to the
 same kind of receiver, :mod:`bench.sink` (asyncio + TLS in its own process, so
 it shares no GIL with the bench; its CPU per event is reported, to show it is
 not the bottleneck):
@@ -8,8 +8,11 @@ not the bottleneck):
 * **pipeline**: ``deliver_webhook.delay(event)``, everything on as by default
   (signing, rate limits, attempt log, outcomes, metrics, health), limits set
   high enough never to bind; the worker consumes the Procfile's fast queues.
-* **plain**: :func:`bench.contenders.plain_send`, ``requests`` with a new
-  ``Session`` per call and Celery's autoretry, on Celery's defaults.
+* **plain-pooled**: :func:`bench.contenders.plain_send`, ``requests`` with
+  one pooled ``Session`` per worker process (kept-alive connections) and
+  Celery's autoretry, on Celery's defaults: the honest contender.
+* **plain-new-connection**: :func:`bench.contenders.plain_send_new_connection`,
+  the same with a new ``Session`` per call (a TCP + TLS handshake per event).
 * **empty**: :func:`bench.contenders.empty`, a task that does nothing: the
   ceiling of one Celery task per event.
 
@@ -21,6 +24,8 @@ Every contender gets one worker with the same layout (``--pool``,
    the last POST (the bench polls the sink's ``/_count``, not Redis); for
    ``empty``, the queue and kombu's unacked hash seen empty. Rounds alternate
    the order; medians count. The sink must see N distinct ids.
+   ``--only drain --contenders pipeline,plain-pooled`` runs just this (and
+   the costs below) for the named contenders, to iterate quickly.
 2. Cost, from the same runs: Redis commands per event from ``INFO
    commandstats`` (reset before enqueueing, so the producer's commands count;
    commands run inside Lua count under their own names, besides the EVALSHA;
@@ -28,7 +33,7 @@ Every contender gets one worker with the same layout (``--pool``,
    (main process + pool children, sampled every 0.2 s), and CPU per event of
    the worker, Redis and the sink while draining.
 3. Latency at a steady publish rate, publish (time read just before
-   ``delay()``) to the sink's arrival time: pipeline and plain.
+   ``delay()``) to the sink's arrival time: pipeline and plain-pooled.
 4. Isolation: :mod:`bench.isolation`'s fast-endpoint p99 while a slow
    endpoint floods, split queues vs one queue vs alone.
 
@@ -58,7 +63,7 @@ from matplotlib.figure import Figure
 
 from bench import isolation
 from bench.contenders import app as contenders_app
-from bench.contenders import empty, plain_send
+from bench.contenders import empty, plain_send, plain_send_new_connection
 from bench.ratelimit_overhead import NEVER_BINDS
 from bench.rig import (
     PATH,
@@ -87,12 +92,14 @@ __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results"
-PIPELINE, PLAIN, EMPTY = "pipeline", "plain", "empty"
-NAMES = (PIPELINE, PLAIN, EMPTY)
+PIPELINE, PLAIN, PLAIN_NEW, EMPTY = "pipeline", "plain-pooled", "plain-new-connection", "empty"
+NAMES = (PIPELINE, PLAIN, PLAIN_NEW, EMPTY)
+SENDERS = {PLAIN: plain_send, PLAIN_NEW: plain_send_new_connection}
+COLORS = {PIPELINE: "tab:blue", PLAIN: "tab:orange", PLAIN_NEW: "tab:red", EMPTY: "tab:gray"}
 BASELINE_QUEUE = "celery"  # Celery's default queue, which the contenders app uses
 POLL_S, RSS_EVERY_S = 0.01, 0.2
 WARM_UP = 20
-TARGET_VS_PLAIN, TARGET_VS_EMPTY, TARGET_COMMANDS = 1.3, 0.75, 2.0
+TARGET_VS_PLAIN, TARGET_VS_EMPTY, TARGET_COMMANDS = 1.0, 0.75, 2.0
 TARGET_P50_S, TARGET_P99_S = 0.010, 0.050
 ISOLATION_RATE, ISOLATION_SLOW_SLOTS = 50.0, 20  # python -m bench.isolation's defaults
 
@@ -165,11 +172,11 @@ def stage(ca: TestCA, tmp: Path, name: str) -> Iterator[Stage]:
         # The contenders app is configured once per process from BENCH_BROKER_URL; each
         # run's Redis is new, so publish with a producer on this run's connection.
         producer = stack.enter_context(contenders_app.connection_for_write(url)).Producer()
-        if name == PLAIN:
-            target = sink.url(PATH)
+        if name in SENDERS:
+            target, task = sink.url(PATH), SENDERS[name]
 
             def send(event: dict[str, Any]) -> str:
-                plain_send.apply_async((target, event), producer=producer)
+                task.apply_async((target, event), producer=producer)
                 return str(event["data"]["id"])
         else:
 
@@ -329,12 +336,11 @@ def throughput_section(
     runs: dict[str, list[Drain]], events: int, layout: Layout
 ) -> tuple[list[str], list[str]]:
     med = {name: statistics.median(d.rate for d in ds) for name, ds in runs.items()}
-    vs_plain, vs_empty = ratio(med[PIPELINE], med[PLAIN]), ratio(med[PIPELINE], med[EMPTY])
     lines = [
         f"\n## 1. Drain throughput, {events:,} events, {len(runs[PIPELINE])} alternating rounds\n",
         f"One worker per contender, `--pool {layout.pool} --concurrency {layout.concurrency}`, "
         "started after all N events were queued. Rate = N / (last event finished - worker "
-        "ready): for pipeline and plain the sink's arrival time of the last POST, for empty the "
+        "ready): for HTTP contenders the sink's arrival time of the last POST, for empty the "
         "queue and unacked hash read empty (10 ms polls).\n",
         "| contender | deliveries/s per round | median | lost | duplicates |",
         "|---|---|---|---|---|",
@@ -345,24 +351,24 @@ def throughput_section(
         dupes = "n/a" if ds[0].duplicates is None else str(sum(d.duplicates or 0 for d in ds))
         lines.append(f"| {name} | {rates} | **{med[name]:.1f}** | {lost} | {dupes} |")
     targets = [
-        f"- pipeline / plain throughput = {med[PIPELINE]:.1f} / {med[PLAIN]:.1f} = "
-        f"**{vs_plain:.2f}x** (target >= {TARGET_VS_PLAIN}x): "
-        f"{verdict(vs_plain >= TARGET_VS_PLAIN)}",
-        f"- pipeline / empty throughput = {med[PIPELINE]:.1f} / {med[EMPTY]:.1f} = "
-        f"**{vs_empty:.2f}x** (target >= {TARGET_VS_EMPTY}x): "
-        f"{verdict(vs_empty >= TARGET_VS_EMPTY)}",
+        f"- pipeline / {other} throughput = {med[PIPELINE]:.1f} / {med[other]:.1f} = "
+        f"**{ratio(med[PIPELINE], med[other]):.2f}x** (target >= {goal}x): "
+        f"{verdict(ratio(med[PIPELINE], med[other]) >= goal)}"
+        for other, goal in ((PLAIN, TARGET_VS_PLAIN), (EMPTY, TARGET_VS_EMPTY))
+        if other in runs
     ]
-    paired = {
-        other: ", ".join(
+    paired = "; ".join(
+        f"pipeline / {other} "
+        + ", ".join(
             f"{ratio(ours.rate, theirs.rate):.2f}x"
             for ours, theirs in zip(runs[PIPELINE], runs[other], strict=True)
         )
-        for other in (PLAIN, EMPTY)
-    }
+        for other in runs
+        if other != PIPELINE
+    )
     note = (
-        f"\nRound by round (contenders of one round ran back to back): pipeline / plain "
-        f"{paired[PLAIN]}; pipeline / empty {paired[EMPTY]}. On a shared machine the rate moves "
-        "with whatever else runs; CPU per event (section 2) moves less."
+        f"\nRound by round (contenders of one round ran back to back): {paired}. On a shared "
+        "machine the rate moves with whatever else runs; CPU per event (section 2) moves less."
     )
     return [*lines, "", *targets, note], targets
 
@@ -370,18 +376,20 @@ def throughput_section(
 def cpu_lines(runs: dict[str, list[Drain]]) -> list[str]:
     """CPU per event by process, medians over the rounds: where each design spends its time."""
     parts = ("worker", "Redis", "sink")
-    med = {n: {k: statistics.median(d.cpu_ms[k] for d in runs[n]) for k in parts} for n in NAMES}
+    med = {
+        n: {k: statistics.median(d.cpu_ms[k] for d in ds) for k in parts} for n, ds in runs.items()
+    }
     return [
         "\nCPU per event, user + sys from worker ready to drained, median of the rounds. The "
         "sink's includes the bench's own /_count polls (about 100 small GETs/s while HTTP "
-        "contenders drain; none for empty). All three share the same cores, so the sink's "
-        "TLS handshakes for plain take CPU the worker could have used.\n",
+        "contenders drain; none for empty). All share the same cores, so the sink's "
+        "TLS handshakes for plain-new-connection take CPU the worker could have used.\n",
         "| contender | worker ms | Redis ms | sink ms | sum ms |",
         "|---|---|---|---|---|",
         *(
             f"| {n} | {med[n]['worker']:.2f} | {med[n]['Redis']:.2f} | {med[n]['sink']:.2f} | "
             f"**{sum(med[n].values()):.2f}** |"
-            for n in NAMES
+            for n in runs
         ),
     ]
 
@@ -398,7 +406,7 @@ def per_event(runs: dict[str, list[Drain]]) -> dict[str, Counter[str]]:
 
 def cost_section(runs: dict[str, list[Drain]]) -> tuple[list[str], list[str]]:
     per = per_event(runs)
-    commands = ratio(per[PIPELINE].total(), per[PLAIN].total())
+    names = list(runs)
     lines = [
         "\n## 2. Cost per event, from the same runs\n",
         "Redis commands: INFO commandstats from CONFIG RESETSTAT (before enqueueing, so the "
@@ -407,34 +415,37 @@ def cost_section(runs: dict[str, list[Drain]]) -> tuple[list[str], list[str]]:
         "Excluded: `info`, `config|resetstat` and the bench's own LLEN/HLEN polls (counted and "
         "subtracted). Idle worker traffic (BRPOP wake-ups, heartbeats, the pipeline's pump) "
         "during the drain is included.\n",
-        "| command | " + " | ".join(NAMES) + " |",
-        "|---|" + "---|" * len(NAMES),
-        "| **total** | " + " | ".join(f"**{per[n].total():.2f}**" for n in NAMES) + " |",
+        "| command | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        "| **total** | " + " | ".join(f"**{per[n].total():.2f}**" for n in names) + " |",
     ]
-    everything = set().union(*(per[n] for n in NAMES))
+    everything = set().union(*(per[n] for n in names))
     shown = sorted(
-        (c for c in everything if max(per[n][c] for n in NAMES) >= 0.01),
-        key=lambda c: (-per[PIPELINE][c], -per[PLAIN][c], c),
+        (c for c in everything if max(per[n][c] for n in names) >= 0.01),
+        key=lambda c: (-per[PIPELINE][c], -per[names[-1]][c], c),
     )
-    lines += [f"| {c} | " + " | ".join(f"{per[n][c]:.2f}" for n in NAMES) + " |" for c in shown]
-    rest = {n: sum(v for c, v in per[n].items() if c not in shown) for n in NAMES}
+    lines += [f"| {c} | " + " | ".join(f"{per[n][c]:.2f}" for n in names) + " |" for c in shown]
+    rest = {n: sum(v for c, v in per[n].items() if c not in shown) for n in names}
     if any(rest.values()):
         lines.append(
-            "| (others, < 0.01 each) | " + " | ".join(f"{rest[n]:.3f}" for n in NAMES) + " |"
+            "| (others, < 0.01 each) | " + " | ".join(f"{rest[n]:.3f}" for n in names) + " |"
         )
-    target = (
-        f"- Redis commands per event, pipeline / plain = {per[PIPELINE].total():.1f} / "
-        f"{per[PLAIN].total():.1f} = **{commands:.2f}x** (target <= {TARGET_COMMANDS}x): "
-        f"{verdict(commands <= TARGET_COMMANDS)}"
-    )
-    lines += ["", target, "\nWorker memory: VmRSS of the main process + pool children, "
+    targets = []
+    if PLAIN in per:
+        commands = ratio(per[PIPELINE].total(), per[PLAIN].total())
+        targets.append(
+            f"- Redis commands per event, pipeline / {PLAIN} = {per[PIPELINE].total():.1f} / "
+            f"{per[PLAIN].total():.1f} = **{commands:.2f}x** (target <= {TARGET_COMMANDS}x): "
+            f"{verdict(commands <= TARGET_COMMANDS)}"
+        )
+    lines += ["", *targets, "\nWorker memory: VmRSS of the main process + pool children, "
               "sampled every 0.2 s during each drain; the peak of the sums (shared "
               "copy-on-write pages count once per process, so prefork sums overstate).\n",
               "| contender | peak RSS per round (MiB) | max |", "|---|---|---|"]  # fmt: skip
     for name, ds in runs.items():
         each = ", ".join(f"{d.peak_rss_kb / 1024:.0f}" for d in ds)
         lines.append(f"| {name} | {each} | **{max(d.peak_rss_kb for d in ds) / 1024:.0f}** |")
-    return lines + cpu_lines(runs), [target]
+    return lines + cpu_lines(runs), targets
 
 
 def ms(xs: list[float], q: float) -> float:
@@ -494,9 +505,10 @@ def chart(runs: dict[str, list[Drain]], lat: dict[str, Latency], path: Path) -> 
     """Three panels: drain throughput, latency percentiles, Redis commands per event."""
     fig = Figure(figsize=(16, 5), layout="constrained")
     left, middle, right = fig.subplots(1, 3)
-    med = [statistics.median(d.rate for d in runs[n]) for n in NAMES]
-    left.bar(NAMES, med, color=["tab:blue", "tab:orange", "tab:gray"])
-    for x, name in enumerate(NAMES):
+    names = list(runs)
+    med = [statistics.median(d.rate for d in runs[n]) for n in names]
+    left.bar(names, med, color=[COLORS[n] for n in names])
+    for x, name in enumerate(names):
         left.scatter([x] * len(runs[name]), [d.rate for d in runs[name]], color="black", s=12)
         left.annotate(f"{med[x]:.0f}", (x, med[x]), xytext=(0, 4), textcoords="offset points",
                       ha="center", va="bottom")  # fmt: skip
@@ -513,13 +525,13 @@ def chart(runs: dict[str, list[Drain]], lat: dict[str, Latency], path: Path) -> 
     middle.legend()
     per = per_event(runs)
     top = [c for c, _ in per[PIPELINE].most_common(9)]
-    top += [c for c, v in per[PLAIN].most_common() if v >= 0.5 and c not in top]
-    bottom = [0.0] * len(NAMES)
+    top += [c for c, v in per[names[-1]].most_common() if v >= 0.5 and c not in top]
+    bottom = [0.0] * len(names)
     colors = matplotlib.colormaps["tab20"]  # an int picks the i-th of its 20 colours
     for k, cmd in enumerate([*top, "other"]):
         values = [per[n][cmd] if cmd != "other" else per[n].total() - sum(per[n][c] for c in top)
-                  for n in NAMES]  # fmt: skip
-        right.bar(NAMES, values, bottom=bottom, label=cmd, color=colors(k))
+                  for n in names]  # fmt: skip
+        right.bar(names, values, bottom=bottom, label=cmd, color=colors(k))
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     for xpos, total in enumerate(bottom):
         right.annotate(f"{total:.1f}", (xpos, total), ha="center", va="bottom")
@@ -529,11 +541,11 @@ def chart(runs: dict[str, list[Drain]], lat: dict[str, Latency], path: Path) -> 
 
 
 def drain_rounds(
-    ca: TestCA, tmp: Path, events: int, rounds: int, layout: Layout
+    ca: TestCA, tmp: Path, events: int, rounds: int, layout: Layout, *, names: tuple[str, ...]
 ) -> dict[str, list[Drain]]:
-    runs: dict[str, list[Drain]] = {name: [] for name in NAMES}
+    runs: dict[str, list[Drain]] = {name: [] for name in names}
     for i in range(rounds):
-        for name in NAMES if i % 2 == 0 else NAMES[::-1]:
+        for name in names if i % 2 == 0 else names[::-1]:
             d = drain(ca, tmp, name, events, layout)
             runs[name].append(d)
             print(f"round {i + 1} {name}: {d.rate:.1f} deliveries/s ({d.finished}/{events} in "
@@ -546,7 +558,7 @@ def drain_rounds(
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--events", type=int, default=5000, help="per drain run")
+    parser.add_argument("-n", "--events", type=int, default=5000, help="per drain run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--rate", type=float, default=100.0, help="latency: events/s")
@@ -554,7 +566,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8, help="the Procfile's default")
     parser.add_argument("--isolation-events", type=int, default=200, help="per endpoint")
     parser.add_argument("--skip-isolation", action="store_true")
+    parser.add_argument(
+        "--only", choices=("all", "drain"), default="all",
+        help="drain: sections 1 and 2 only (no latency, isolation or chart)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--contenders", type=contenders, default=NAMES,
+        help=f"comma-separated, pipeline first (default: {','.join(NAMES)})",
+    )  # fmt: skip
     return parser.parse_args(argv)
+
+
+def contenders(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in NAMES]
+    if unknown or not names or names[0] != PIPELINE or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(
+            f"want distinct names of {', '.join(NAMES)}, pipeline first; got {text!r}"
+        )
+    return names
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -566,26 +596,25 @@ def main(argv: list[str] | None = None) -> None:
         ca = TestCA(Path(tmp))
         with rig(ca, {}) as r:
             facts = machine(str(r.client.info("server")["redis_version"]))
-        runs = drain_rounds(ca, Path(tmp), args.events, args.rounds, layout)
+        runs = drain_rounds(ca, Path(tmp), args.events, args.rounds, layout, names=args.contenders)
         lat: dict[str, Latency] = {}
-        for name in (PIPELINE, PLAIN):
+        sections = [throughput_section(runs, args.events, layout), cost_section(runs)]
+        for name in (PIPELINE, PLAIN) if args.only == "all" else ():
             lat[name] = latency(
                 ca, Path(tmp), name, layout, rate=args.rate, seconds=args.latency_seconds
             )
             print(f"latency {name}: p50 {ms(lat[name].latencies_s, 50):.1f} ms, p99 "
                   f"{ms(lat[name].latencies_s, 99):.1f} ms", flush=True)  # fmt: skip
-        sections = [
-            throughput_section(runs, args.events, layout),
-            cost_section(runs),
-            latency_section(lat, args.rate, args.latency_seconds, layout),
-        ]
-        if args.skip_isolation:
+        if lat:
+            sections.append(latency_section(lat, args.rate, args.latency_seconds, layout))
+        if args.only == "all" and args.skip_isolation:
             print("isolation: skipped (--skip-isolation)", flush=True)
             sections.append((["\n## 4. Isolation\n", "Skipped (--skip-isolation)."], []))
-        else:
+        elif args.only == "all":
             sections.append(isolation_section(ca, args.isolation_events))
     RESULTS.mkdir(exist_ok=True)
-    chart(runs, lat, RESULTS / "compare.png")
+    if lat:
+        chart(runs, lat, RESULTS / "compare.png")
     report = [
         "# Our pipeline against the obvious alternative",
         "",
@@ -597,12 +626,15 @@ def main(argv: list[str] | None = None) -> None:
         "\n## Contenders\n",
         f"- **pipeline**: `deliver_webhook.delay(event)`, defaults except {NEVER_BINDS} (never "
         f"binding); prefetch 1, late acks; worker consumes `{FAST_QUEUES}`.",
-        "- **plain**: `plain_send` (bench/contenders.py), published like `.delay(url, event)` "
-        "but through a producer on this run's Redis (`apply_async(..., producer=...)`): a new "
-        "`requests.Session` per call, as `requests.post()` makes, so no connection reuse (a "
-        "TCP + TLS handshake per event); autoretry on `RequestException`, backoff, 3 retries; "
+        f"- **{PLAIN}**: `plain_send` (bench/contenders.py), published like "
+        "`.delay(url, event)` but through a producer on this run's Redis "
+        "(`apply_async(..., producer=...)`): one pooled `requests.Session` per worker process, "
+        "so connections are kept alive; autoretry on `RequestException`, backoff, 3 retries; "
         "Celery defaults (prefetch 4, early acks); no signing, log, limits or metrics.",
-        "- **empty**: a task that does nothing, same app and defaults as plain.",
+        f"- **{PLAIN_NEW}**: `plain_send_new_connection`, the same with a new "
+        "`requests.Session` per call, as `requests.post()` makes: a TCP + TLS handshake per "
+        "event.",
+        "- **empty**: a task that does nothing, same app and defaults as the plain senders.",
         "- The sink (bench/sink.py) answers `200` with an empty body, in its own process.",
         *(line for lines, _ in sections for line in lines),
     ]

@@ -154,10 +154,16 @@ def test_callback_url_overrides_the_configured_one(
     assert receiver.received(configured) == []
 
 
-def test_invalid_event_is_refused_before_publishing(redis_client: object) -> None:
-    bad = make_event()
+def malformed_event(conversation_id: str | None = None) -> dict[str, object]:
+    """Two schema errors: ``data.content_type`` and ``data.created_by``."""
+    bad = make_event(conversation_id)
     bad["data"]["content_type"] = "PDF"
     del bad["data"]["created_by"]
+    return bad
+
+
+def test_invalid_event_is_refused_before_publishing(redis_client: object) -> None:
+    bad = malformed_event()
 
     with pytest.raises(InvalidEvent) as caught:
         deliver_webhook.delay(bad)
@@ -165,6 +171,32 @@ def test_invalid_event_is_refused_before_publishing(redis_client: object) -> Non
     paths = [path for path, _ in caught.value.problems]
     assert paths == ["data.content_type", "data.created_by"]
     assert isinstance(caught.value, ValueError)
+
+
+def test_a_malformed_event_published_past_delay_is_refused_by_the_worker(
+    receiver: Receiver,
+    conversations: ConversationStore,
+    outcomes: OutcomeStore,
+    wait_outcome: Callable[..., Outcome],
+) -> None:
+    # Given a malformed event for a registered conversation, published the way
+    # any other client of the broker could: Celery's own publish, not delay()
+    path = unique_path()
+    cid, _ = registered(conversations, receiver, path)
+    bad = malformed_event(cid)
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    kwargs = {"event": bad, "webhook_id": webhook_id}
+    celery.Task.apply_async(deliver_webhook, (), kwargs, task_id=webhook_id)
+
+    # When the worker takes it, Then it is dead-lettered at once as invalid,
+    # naming what is wrong, and nothing is sent
+    outcome = wait_outcome(webhook_id)
+    assert (outcome.state, outcome.attempts, outcome.error_kind) == ("failed", 1, "invalid_event")
+    assert "data.content_type" in (outcome.error or "")
+    assert "data.created_by" in (outcome.error or "")
+    letter = outcomes.dead_letter(webhook_id)
+    assert letter is not None and letter["event"] == bad
+    assert receiver.received(path) == []
 
 
 @pytest.fixture

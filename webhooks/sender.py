@@ -93,19 +93,10 @@ class Sender:
         started = time.perf_counter()
         with self._watchdog.guard(self.deadline_s) as guard:
             try:
-                request = requests.PreparedRequest()
-                request.prepare(
-                    method="POST",
-                    url=url,
-                    # identity: a compressed answer could be a bomb, and only
-                    # 200 characters of it are ever shown.
-                    headers={
-                        "User-Agent": self._user_agent,
-                        "Accept-Encoding": "identity",
-                        **headers,
-                    },
-                    data=body,
-                )
+                # identity: a compressed answer could be a bomb, and only
+                # 200 characters of it are ever shown.
+                headers = {"User-Agent": self._user_agent, "Accept-Encoding": "identity", **headers}
+                request = _prepare(url, body, headers)
                 response = self._adapter.send(
                     request, stream=True, timeout=self._timeout, verify=True, proxies=None
                 )
@@ -133,6 +124,21 @@ class Sender:
             retry_after_s=parse_retry_after(response.headers.get("Retry-After")),
             response_excerpt=excerpt,
         )
+
+
+def _prepare(url: str, body: bytes, headers: dict[str, str]) -> requests.PreparedRequest:
+    """The POST as ``PreparedRequest.prepare`` builds it, without its cookie and auth steps.
+
+    Those would only parse the URL twice more per attempt: the request never
+    carries cookies, and credentials in a callback URL are refused before it
+    is stored (:func:`webhooks.urlpolicy.check_url`).
+    """
+    request = requests.PreparedRequest()
+    request.prepare_method("POST")
+    request.prepare_url(url, None)
+    request.prepare_headers(headers)
+    request.prepare_body(body, None)
+    return request
 
 
 def _read_excerpt(response: requests.Response, guard: Guard) -> tuple[str, str]:

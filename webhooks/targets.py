@@ -9,6 +9,7 @@ its copy of the configuration expires (``WEBHOOKS_CONFIG_CACHE_S``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from webhooks.conversations import Conversation, ConversationReader
 from webhooks.endpoints import normalize_endpoint
@@ -59,7 +60,7 @@ def resolve_target(
             kind=ErrorKind.NO_CALLBACK,
         )
     try:
-        check_url(url, allow_http=policy.allow_http, allow_private=policy.allow_private)
+        endpoint = _vetted_endpoint(url, policy.allow_http, policy.allow_private)
     except PolicyRefusal as exc:
         raise PermanentDeliveryError(str(exc), kind=ErrorKind.REFUSED_BY_POLICY) from exc
     except ValueError as exc:
@@ -76,4 +77,16 @@ def resolve_target(
             "secret; register it or set WEBHOOKS_SIGNING_SECRET",
             kind=ErrorKind.NO_SECRET,
         )
-    return Target(url=url, endpoint=normalize_endpoint(url), secrets=secrets, limits=limits)
+    return Target(url=url, endpoint=endpoint, secrets=secrets, limits=limits)
+
+
+@lru_cache(maxsize=4096)
+def _vetted_endpoint(url: str, allow_http: bool, allow_private: bool) -> str:
+    """The endpoint of a URL the policy accepts; raises as :func:`check_url` does.
+
+    Both are pure (no DNS: a host name is checked when it is resolved), so a
+    process vets each URL once per policy instead of on every attempt, which
+    was about a hundredth of an attempt's CPU. Refusals are not cached.
+    """
+    check_url(url, allow_http=allow_http, allow_private=allow_private)
+    return normalize_endpoint(url)

@@ -329,7 +329,6 @@ def throughput_section(
     runs: dict[str, list[Drain]], events: int, layout: Layout
 ) -> tuple[list[str], list[str]]:
     med = {name: statistics.median(d.rate for d in ds) for name, ds in runs.items()}
-    vs_plain, vs_empty = ratio(med[PIPELINE], med[PLAIN]), ratio(med[PIPELINE], med[EMPTY])
     lines = [
         f"\n## 1. Drain throughput, {events:,} events, {len(runs[PIPELINE])} alternating rounds\n",
         f"One worker per contender, `--pool {layout.pool} --concurrency {layout.concurrency}`, "
@@ -344,25 +343,24 @@ def throughput_section(
         lost = "n/a" if ds[0].lost is None else str(sum(d.lost or 0 for d in ds))
         dupes = "n/a" if ds[0].duplicates is None else str(sum(d.duplicates or 0 for d in ds))
         lines.append(f"| {name} | {rates} | **{med[name]:.1f}** | {lost} | {dupes} |")
+    others = [(n, t) for n, t in ((PLAIN, TARGET_VS_PLAIN), (EMPTY, TARGET_VS_EMPTY)) if n in runs]
     targets = [
-        f"- pipeline / plain throughput = {med[PIPELINE]:.1f} / {med[PLAIN]:.1f} = "
-        f"**{vs_plain:.2f}x** (target >= {TARGET_VS_PLAIN}x): "
-        f"{verdict(vs_plain >= TARGET_VS_PLAIN)}",
-        f"- pipeline / empty throughput = {med[PIPELINE]:.1f} / {med[EMPTY]:.1f} = "
-        f"**{vs_empty:.2f}x** (target >= {TARGET_VS_EMPTY}x): "
-        f"{verdict(vs_empty >= TARGET_VS_EMPTY)}",
+        f"- pipeline / {other} throughput = {med[PIPELINE]:.1f} / {med[other]:.1f} = "
+        f"**{ratio(med[PIPELINE], med[other]):.2f}x** (target >= {target}x): "
+        f"{verdict(ratio(med[PIPELINE], med[other]) >= target)}"
+        for other, target in others
     ]
-    paired = {
-        other: ", ".join(
+    paired = "; ".join(
+        f"pipeline / {other} "
+        + ", ".join(
             f"{ratio(ours.rate, theirs.rate):.2f}x"
             for ours, theirs in zip(runs[PIPELINE], runs[other], strict=True)
         )
-        for other in (PLAIN, EMPTY)
-    }
+        for other, _ in others
+    )
     note = (
-        f"\nRound by round (contenders of one round ran back to back): pipeline / plain "
-        f"{paired[PLAIN]}; pipeline / empty {paired[EMPTY]}. On a shared machine the rate moves "
-        "with whatever else runs; CPU per event (section 2) moves less."
+        f"\nRound by round (contenders of one round ran back to back): {paired}. On a shared "
+        "machine the rate moves with whatever else runs; CPU per event (section 2) moves less."
     )
     return [*lines, "", *targets, note], targets
 
@@ -370,7 +368,9 @@ def throughput_section(
 def cpu_lines(runs: dict[str, list[Drain]]) -> list[str]:
     """CPU per event by process, medians over the rounds: where each design spends its time."""
     parts = ("worker", "Redis", "sink")
-    med = {n: {k: statistics.median(d.cpu_ms[k] for d in runs[n]) for k in parts} for n in NAMES}
+    med = {
+        n: {k: statistics.median(d.cpu_ms[k] for d in ds) for k in parts} for n, ds in runs.items()
+    }
     return [
         "\nCPU per event, user + sys from worker ready to drained, median of the rounds. The "
         "sink's includes the bench's own /_count polls (about 100 small GETs/s while HTTP "
@@ -381,7 +381,7 @@ def cpu_lines(runs: dict[str, list[Drain]]) -> list[str]:
         *(
             f"| {n} | {med[n]['worker']:.2f} | {med[n]['Redis']:.2f} | {med[n]['sink']:.2f} | "
             f"**{sum(med[n].values()):.2f}** |"
-            for n in NAMES
+            for n in runs
         ),
     ]
 
@@ -398,6 +398,7 @@ def per_event(runs: dict[str, list[Drain]]) -> dict[str, Counter[str]]:
 
 def cost_section(runs: dict[str, list[Drain]]) -> tuple[list[str], list[str]]:
     per = per_event(runs)
+    names = tuple(runs)
     commands = ratio(per[PIPELINE].total(), per[PLAIN].total())
     lines = [
         "\n## 2. Cost per event, from the same runs\n",
@@ -407,20 +408,20 @@ def cost_section(runs: dict[str, list[Drain]]) -> tuple[list[str], list[str]]:
         "Excluded: `info`, `config|resetstat` and the bench's own LLEN/HLEN polls (counted and "
         "subtracted). Idle worker traffic (BRPOP wake-ups, heartbeats, the pipeline's pump) "
         "during the drain is included.\n",
-        "| command | " + " | ".join(NAMES) + " |",
-        "|---|" + "---|" * len(NAMES),
-        "| **total** | " + " | ".join(f"**{per[n].total():.2f}**" for n in NAMES) + " |",
+        "| command | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        "| **total** | " + " | ".join(f"**{per[n].total():.2f}**" for n in names) + " |",
     ]
-    everything = set().union(*(per[n] for n in NAMES))
+    everything = set().union(*(per[n] for n in names))
     shown = sorted(
-        (c for c in everything if max(per[n][c] for n in NAMES) >= 0.01),
+        (c for c in everything if max(per[n][c] for n in names) >= 0.01),
         key=lambda c: (-per[PIPELINE][c], -per[PLAIN][c], c),
     )
-    lines += [f"| {c} | " + " | ".join(f"{per[n][c]:.2f}" for n in NAMES) + " |" for c in shown]
-    rest = {n: sum(v for c, v in per[n].items() if c not in shown) for n in NAMES}
+    lines += [f"| {c} | " + " | ".join(f"{per[n][c]:.2f}" for n in names) + " |" for c in shown]
+    rest = {n: sum(v for c, v in per[n].items() if c not in shown) for n in names}
     if any(rest.values()):
         lines.append(
-            "| (others, < 0.01 each) | " + " | ".join(f"{rest[n]:.3f}" for n in NAMES) + " |"
+            "| (others, < 0.01 each) | " + " | ".join(f"{rest[n]:.3f}" for n in names) + " |"
         )
     target = (
         f"- Redis commands per event, pipeline / plain = {per[PIPELINE].total():.1f} / "
@@ -529,11 +530,11 @@ def chart(runs: dict[str, list[Drain]], lat: dict[str, Latency], path: Path) -> 
 
 
 def drain_rounds(
-    ca: TestCA, tmp: Path, events: int, rounds: int, layout: Layout
+    ca: TestCA, tmp: Path, events: int, rounds: int, layout: Layout, *, names: tuple[str, ...]
 ) -> dict[str, list[Drain]]:
-    runs: dict[str, list[Drain]] = {name: [] for name in NAMES}
+    runs: dict[str, list[Drain]] = {name: [] for name in names}
     for i in range(rounds):
-        for name in NAMES if i % 2 == 0 else NAMES[::-1]:
+        for name in names if i % 2 == 0 else names[::-1]:
             d = drain(ca, tmp, name, events, layout)
             runs[name].append(d)
             print(f"round {i + 1} {name}: {d.rate:.1f} deliveries/s ({d.finished}/{events} in "
@@ -554,7 +555,31 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8, help="the Procfile's default")
     parser.add_argument("--isolation-events", type=int, default=200, help="per endpoint")
     parser.add_argument("--skip-isolation", action="store_true")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--only", choices=["drain"], help="drain: sections 1 and 2 only (throughput, cost)"
+    )
+    parser.add_argument(
+        "--contenders", default=",".join(NAMES), help="drain: which, comma-separated; "
+        "pipeline and plain at least",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    args.contenders = tuple(n for n in NAMES if n in args.contenders.split(","))
+    if not {PIPELINE, PLAIN} <= set(args.contenders):
+        parser.error("--contenders must include pipeline and plain")
+    if args.only is None and args.contenders != NAMES:
+        parser.error("--contenders needs --only drain: the chart and report compare all three")
+    return args
+
+
+def latencies(
+    ca: TestCA, tmp: Path, layout: Layout, args: argparse.Namespace
+) -> dict[str, Latency]:
+    lat: dict[str, Latency] = {}
+    for name in (PIPELINE, PLAIN):
+        lat[name] = latency(ca, tmp, name, layout, rate=args.rate, seconds=args.latency_seconds)
+        print(f"latency {name}: p50 {ms(lat[name].latencies_s, 50):.1f} ms, p99 "
+              f"{ms(lat[name].latencies_s, 99):.1f} ms", flush=True)  # fmt: skip
+    return lat
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -566,26 +591,22 @@ def main(argv: list[str] | None = None) -> None:
         ca = TestCA(Path(tmp))
         with rig(ca, {}) as r:
             facts = machine(str(r.client.info("server")["redis_version"]))
-        runs = drain_rounds(ca, Path(tmp), args.events, args.rounds, layout)
+        runs = drain_rounds(ca, Path(tmp), args.events, args.rounds, layout, names=args.contenders)
+        sections = [throughput_section(runs, args.events, layout), cost_section(runs)]
         lat: dict[str, Latency] = {}
-        for name in (PIPELINE, PLAIN):
-            lat[name] = latency(
-                ca, Path(tmp), name, layout, rate=args.rate, seconds=args.latency_seconds
-            )
-            print(f"latency {name}: p50 {ms(lat[name].latencies_s, 50):.1f} ms, p99 "
-                  f"{ms(lat[name].latencies_s, 99):.1f} ms", flush=True)  # fmt: skip
-        sections = [
-            throughput_section(runs, args.events, layout),
-            cost_section(runs),
-            latency_section(lat, args.rate, args.latency_seconds, layout),
-        ]
-        if args.skip_isolation:
-            print("isolation: skipped (--skip-isolation)", flush=True)
-            sections.append((["\n## 4. Isolation\n", "Skipped (--skip-isolation)."], []))
+        if args.only is None:
+            lat = latencies(ca, Path(tmp), layout, args)
+            sections.append(latency_section(lat, args.rate, args.latency_seconds, layout))
+            if args.skip_isolation:
+                print("isolation: skipped (--skip-isolation)", flush=True)
+                sections.append((["\n## 4. Isolation\n", "Skipped (--skip-isolation)."], []))
+            else:
+                sections.append(isolation_section(ca, args.isolation_events))
         else:
-            sections.append(isolation_section(ca, args.isolation_events))
+            print(f"latency, isolation, chart: skipped (--only {args.only})", flush=True)
     RESULTS.mkdir(exist_ok=True)
-    chart(runs, lat, RESULTS / "compare.png")
+    if lat:
+        chart(runs, lat, RESULTS / "compare.png")
     report = [
         "# Our pipeline against the obvious alternative",
         "",
@@ -606,8 +627,9 @@ def main(argv: list[str] | None = None) -> None:
         "- The sink (bench/sink.py) answers `200` with an empty body, in its own process.",
         *(line for lines, _ in sections for line in lines),
     ]
-    write_report(report, RESULTS / "compare.md")
-    print(f"chart: {RESULTS / 'compare.png'}")
+    write_report(report, RESULTS / ("compare.md" if lat else f"compare-{args.only}.md"))
+    if lat:
+        print(f"chart: {RESULTS / 'compare.png'}")
 
 
 if __name__ == "__main__":

@@ -410,6 +410,49 @@ def test_a_fresh_delivery_joins_a_non_empty_line(
     assert isinstance(limiter.acquire(endpoint, rule), Granted)
 
 
+# --- expiry (Redis runs noeviction) -----------------------------------------------
+
+
+@pytest.mark.usefixtures("cleanup")
+def test_an_endpoints_sets_expire_after_twice_the_longest_entry_life(
+    limiter: Limiter, redis_client: redis.Redis, endpoint: str
+) -> None:
+    # Given a 1 s window and the 30 s lease: entries live at most 30 s
+    span_ms = LEASE_S * 1000
+
+    # When an attempt is granted
+    granted(limiter.acquire(endpoint, limits(10, window_s=1)))
+
+    # Then the window and the leases expire within twice that, and the
+    # marker that spares later grants an expiry within once that
+    ek = keys.endpoint(endpoint)
+    assert span_ms < redis_client.pttl(ek.window) <= 2 * span_ms
+    assert span_ms < redis_client.pttl(ek.inflight) <= 2 * span_ms
+    assert 0 < redis_client.pttl(ek.fresh) <= span_ms
+
+
+@pytest.mark.usefixtures("cleanup")
+def test_sets_that_emptied_get_an_expiry_again_though_the_marker_lives(
+    limiter: Limiter, redis_client: redis.Redis, endpoint: str
+) -> None:
+    # Given an attempt whose lease was given back and whose window passed,
+    # so both sets emptied (Redis deletes an empty set), the marker still set
+    rule = limits(10, window_s=1)
+    token = granted(limiter.acquire(endpoint, rule)).token
+    release_slot(limiter, redis_client, endpoint, token)
+    time.sleep(1.1)
+    ek = keys.endpoint(endpoint)
+    assert redis_client.exists(ek.inflight) == 0
+    assert redis_client.exists(ek.fresh) == 1
+
+    # When the next attempt is granted, creating both sets anew
+    granted(limiter.acquire(endpoint, rule))
+
+    # Then both expire again: nothing an idle endpoint leaves stays for ever
+    assert redis_client.pttl(ek.window) > 0
+    assert redis_client.pttl(ek.inflight) > 0
+
+
 # --- headers ----------------------------------------------------------------------
 
 
@@ -418,15 +461,18 @@ def test_granted_headers_count_down(limiter: Limiter, endpoint: str) -> None:
     # Given a limit of 5 per minute
     rule = limits(5, window_s=60)
 
-    # When five attempts are granted
-    grants = [granted(limiter.acquire(endpoint, rule)) for _ in range(5)]
+    # When five attempts are granted, the first 1.1 s before the others
+    grants = [granted(limiter.acquire(endpoint, rule))]
+    time.sleep(1.1)
+    grants += [granted(limiter.acquire(endpoint, rule)) for _ in range(4)]
 
     # Then each carries the limit, the attempts left after it, and when the
-    # window frees an attempt again (whole seconds, within the window)
+    # budget grows again: a window from now while some is left, and when the
+    # oldest attempt leaves the window for the one that took the last of it
     headers = [g.headers() for g in grants]
     assert [h["X-RateLimit-Limit"] for h in headers] == ["5"] * 5
     assert [h["X-RateLimit-Remaining"] for h in headers] == ["4", "3", "2", "1", "0"]
-    assert all(0 < int(h["X-RateLimit-Reset"]) <= 60 for h in headers)
+    assert [h["X-RateLimit-Reset"] for h in headers] == ["60", "60", "60", "60", "59"]
     assert denied(limiter.acquire(endpoint, rule)).reason == "rate"
 
 
@@ -441,7 +487,7 @@ def test_every_key_of_an_endpoint_shares_one_hash_tag(endpoint: str) -> None:
     # Then each is under the package prefix, carries the endpoint's tag in
     # braces exactly once, and so all hash to one Redis Cluster slot
     tag = "{" + endpoint_tag(endpoint) + "}"
-    assert len(set(every_key)) == 7
+    assert len(set(every_key)) == 8
     assert all(k.startswith(f"{keys.PREFIX}:") for k in every_key)
     assert all(k.count("{") == 1 and tag in k for k in every_key)
     assert len({key_slot(k.encode()) for k in every_key}) == 1
@@ -460,7 +506,7 @@ def test_the_limiter_writes_only_keys_under_the_endpoints_tag(
     # Then every key it wrote carries the endpoint's hash tag
     written = set(redis_client.scan_iter(match=f"*{endpoint_tag(endpoint)}*"))
     ek = keys.endpoint(endpoint)
-    assert written == {ek.window, ek.inflight, ek.hold}
+    assert written == {ek.window, ek.inflight, ek.hold, ek.fresh}
 
 
 def test_the_limiter_and_parking_scripts_are_shipped() -> None:

@@ -124,9 +124,13 @@ class EndpointKeys:
     limits: str  # string: "count window_ms max_concurrency" of the latest park
     health: str  # hash: latency average, recent outcomes, slow flag
     pump_lock: str  # string: which pump is releasing this endpoint's backlog
+    fresh: str  # string: present while window and inflight expire late enough (acquire.lua)
 
     def for_script(self) -> list[str]:
-        return [self.window, self.inflight, self.hold, self.parked, self.payloads, self.limits]
+        return [
+            self.window, self.inflight, self.hold, self.parked, self.payloads, self.limits,
+            self.fresh,
+        ]  # fmt: skip
 
 
 def endpoint(normalized: str) -> EndpointKeys:
@@ -140,6 +144,7 @@ def endpoint(normalized: str) -> EndpointKeys:
         limits=f"{base}:limits",
         health=f"{base}:health",
         pump_lock=f"{base}:pump",
+        fresh=f"{base}:fresh",
     )
 
 

@@ -3,6 +3,8 @@
 -- KEYS[2] inflight zset  attempt token -> lease expiry ms
 -- KEYS[3] hold     string no attempt before this ms (receiver's Retry-After)
 -- KEYS[4] parked   zset   the endpoint's waiting line
+-- KEYS[5] payloads (unused), KEYS[6] limits (unused)
+-- KEYS[7] fresh    string present while window and inflight expire late enough
 -- ARGV[1] limit          attempts allowed per window
 -- ARGV[2] window_ms
 -- ARGV[3] max_concurrency
@@ -18,8 +20,11 @@ local window = tonumber(ARGV[2])
 local cap = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
 
--- Usually neither a hold nor a line exists: one EXISTS tells.
-if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
+-- Usually no hold or line exists and the keys expire late enough: one
+-- EXISTS tells all three (fresh is named three times, so it counts 3).
+local gate = redis.call('EXISTS', KEYS[3], KEYS[4], KEYS[7], KEYS[7], KEYS[7])
+local fresh = gate >= 3
+if gate % 3 > 0 then
   local hold = tonumber(redis.call('GET', KEYS[3]) or '0')
   if hold > now then
     return {0, hold - now, 'hold'}
@@ -33,9 +38,11 @@ if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
 end
 
 -- Expired leases (their worker died) are swept only when they would matter.
-if redis.call('ZCARD', KEYS[2]) >= cap then
+local flying = redis.call('ZCARD', KEYS[2])
+if flying >= cap then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if redis.call('ZCARD', KEYS[2]) >= cap then
+  flying = redis.call('ZCARD', KEYS[2])
+  if flying >= cap then
     -- Worst case the earliest lease expires; a release wakes waiters sooner.
     local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
     return {0, tonumber(first[2]) - now, 'concurrency'}
@@ -50,8 +57,29 @@ if count >= limit then
 end
 
 redis.call('ZADD', KEYS[1], now, ARGV[5])
-redis.call('PEXPIRE', KEYS[1], window)
 redis.call('ZADD', KEYS[2], now + lease, ARGV[5])
-redis.call('PEXPIRE', KEYS[2], lease)
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {1, limit - count - 1, tonumber(oldest[2]) + window - now}
+
+-- Redis runs noeviction: both sets must vanish once the endpoint is idle, and
+-- must outlive every entry that still counts. Rather than an expiry on every
+-- call, each is set to twice the longest life of an entry (span) when the
+-- set is new or once fresh has lapsed; fresh lives one span, so until it
+-- lapses every expiry is at least one span away.
+local span = math.max(window, lease)
+if not fresh then
+  redis.call('PEXPIRE', KEYS[1], 2 * span)
+  redis.call('PEXPIRE', KEYS[2], 2 * span)
+  redis.call('SET', KEYS[7], '1', 'PX', span)
+else
+  if count == 0 then redis.call('PEXPIRE', KEYS[1], 2 * span) end
+  if flying == 0 then redis.call('PEXPIRE', KEYS[2], 2 * span) end
+end
+
+-- The budget grows again when the oldest attempt leaves the window: worth a
+-- lookup only when this attempt used the last of it. Otherwise every attempt
+-- counted now has left the window one window from now.
+local reset = window
+if count + 1 >= limit and count > 0 then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  reset = tonumber(oldest[2]) + window - now
+end
+return {1, limit - count - 1, reset}

@@ -106,9 +106,11 @@ def test_a_message_keeps_only_its_newest_attempts(log: AttemptLog) -> None:
     assert [r.attempt for r in kept] == list(range(extra + 1, MAX_PER_MESSAGE + extra + 1))
 
 
-def test_a_conversation_keeps_only_its_newest_attempts(log: AttemptLog) -> None:
+def test_a_conversation_keeps_only_its_newest_attempts(
+    log: AttemptLog, db_client: redis.Redis
+) -> None:
     cid = str(uuid.uuid4())
-    extra = 3
+    extra = 300
 
     for n in range(MAX_PER_CONVERSATION + extra):
         log.record(a_record(conversation_id=cid, message_id=f"m{n}"))
@@ -117,9 +119,25 @@ def test_a_conversation_keeps_only_its_newest_attempts(log: AttemptLog) -> None:
     assert len(kept) == MAX_PER_CONVERSATION
     assert kept[0].message_id == f"m{extra}"
     assert kept[-1].message_id == f"m{MAX_PER_CONVERSATION + extra - 1}"
+    # Trimmed a stream node at a time: about the cap is stored, not everything
+    assert MAX_PER_CONVERSATION <= db_client.xlen(keys.attempts_by_conversation(cid)) < 1200
 
 
-def test_both_lists_expire_after_the_retention_and_each_attempt_renews_it(
+def test_a_message_is_found_among_its_conversations_newest_attempts(log: AttemptLog) -> None:
+    # Given a message's attempt, then as many of other messages of its
+    # conversation as the conversation keeps
+    first = a_record()
+    log.record(first)
+    later = [a_record(conversation_id=first.conversation_id) for _ in range(MAX_PER_CONVERSATION)]
+    for record in later:
+        log.record(record)
+
+    # Then the last of those is found by its message, the first no longer
+    assert log.for_message(later[-1].message_id) == [later[-1]]
+    assert log.for_message(first.message_id) == []
+
+
+def test_the_stream_and_the_pointer_expire_after_the_retention_and_each_attempt_renews_it(
     log: AttemptLog, db_client: redis.Redis
 ) -> None:
     record = a_record()
@@ -128,10 +146,28 @@ def test_both_lists_expire_after_the_retention_and_each_attempt_renews_it(
 
     log.record(record)
     db_client.expire(by_message, 10)
+    db_client.expire(by_conversation, 10)
     log.record(replace(record, attempt=2))
 
     for key in (by_message, by_conversation):
         assert RETENTION_S - 5 < db_client.ttl(key) <= RETENTION_S
+
+
+def test_an_attempt_costs_three_commands_in_the_callers_round_trip(
+    log: AttemptLog, db_client: redis.Redis
+) -> None:
+    # Given the caller's pipeline
+    pipe = db_client.pipeline(transaction=False)
+
+    # When an attempt is recorded into it
+    log.record(a_record(), pipe=pipe)
+
+    # Then three commands wait there (stream, its expiry, the message's
+    # pointer), and nothing was written yet
+    assert len(pipe) == 3
+    assert db_client.dbsize() == 0
+    pipe.execute()
+    assert db_client.dbsize() == 2
 
 
 def test_each_record_is_also_one_json_log_line(

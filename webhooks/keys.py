@@ -96,13 +96,16 @@ def metrics_minute(minute: int) -> str:
 
 
 def attempts_by_message(message_id: str) -> str:
-    """List of attempt records (JSON), newest first, capped, expiring."""
-    return f"{PREFIX}:log:msg:{message_id}"
+    """String: the conversation whose attempt stream holds the message's attempts; expiring.
+
+    (Before, ``log:msg:`` and ``log:conv:`` lists held the records; they expire unread.)
+    """
+    return f"{PREFIX}:attempts:msg:{message_id}"
 
 
 def attempts_by_conversation(conversation_id: str) -> str:
-    """List of attempt records (JSON), newest first, capped, expiring."""
-    return f"{PREFIX}:log:conv:{conversation_id}"
+    """Stream of attempt records (field ``r``: JSON), oldest first, capped, expiring."""
+    return f"{PREFIX}:attempts:conv:{conversation_id}"
 
 
 def dead_letter(webhook_id: str) -> str:

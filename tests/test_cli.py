@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -236,7 +237,9 @@ def test_endpoints_lists_health_queue_and_counters(
     health.observe(slow, duration_s=1.0, outcome="timeout")
     ek = keys.endpoint(fast)
     client.zadd(ek.window, {"a": 1, "b": 2, "c": 3})
-    client.zadd(ek.inflight, {"a": 1, "b": 2})
+    in_an_hour_ms = int((time.time() + 3600) * 1000)
+    # Leases: two live, one given back (0), one expired (its worker died), ~wake
+    client.zadd(ek.inflight, {"a": in_an_hour_ms, "b": in_an_hour_ms, "c": 0, "d": 1, "~wake": -1})
     client.zadd(ek.parked, {"msg_1": 1})
     client.close()
 

@@ -374,19 +374,18 @@ def test_a_hold_wins_over_free_room(
 
 @pytest.mark.usefixtures("cleanup")
 @pytest.mark.parametrize("hold_s", [0.0, 5.0], ids=["plain", "with-hold"])
-def test_release_reports_the_parked_line(
+def test_a_release_wakes_no_line_that_did_not_ask(
     limiter: Limiter, redis_client: redis.Redis, endpoint: str, hold_s: float
 ) -> None:
-    # Given an endpoint with two deliveries in its waiting line
+    # Given an endpoint with two slots taken and nothing parked
     rule = limits(1000, window_s=60, max_concurrency=10)
     first = granted(limiter.acquire(endpoint, rule))
     second = granted(limiter.acquire(endpoint, rule))
-    assert release_slot(limiter, redis_client, endpoint, first.token, hold_s=hold_s) == 0
-    redis_client.zadd(keys.endpoint(endpoint).parked, {"wh_a": 1, "wh_b": 2})
 
-    # When an attempt releases its slot (with or without holding the endpoint back)
-    # Then it learns how many wait, so that it can wake the pump
-    assert release_slot(limiter, redis_client, endpoint, second.token, hold_s=hold_s) == 2
+    # When both are released (with or without holding the endpoint back)
+    # Then neither wakes the line (a park asks for that: test_parking)
+    assert not release_slot(limiter, redis_client, endpoint, first.token, hold_s=hold_s)
+    assert not release_slot(limiter, redis_client, endpoint, second.token, hold_s=hold_s)
 
 
 @pytest.mark.usefixtures("cleanup")
@@ -432,25 +431,26 @@ def test_an_endpoints_sets_expire_after_twice_the_longest_entry_life(
 
 
 @pytest.mark.usefixtures("cleanup")
-def test_sets_that_emptied_get_an_expiry_again_though_the_marker_lives(
+def test_the_leases_set_outlives_its_leases_and_a_window_created_anew_expires(
     limiter: Limiter, redis_client: redis.Redis, endpoint: str
 ) -> None:
-    # Given an attempt whose lease was given back and whose window passed,
-    # so both sets emptied (Redis deletes an empty set), the marker still set
+    # Given an attempt whose lease was given back and whose 1 s window passed
     rule = limits(10, window_s=1)
     token = granted(limiter.acquire(endpoint, rule)).token
     release_slot(limiter, redis_client, endpoint, token)
     time.sleep(1.1)
     ek = keys.endpoint(endpoint)
-    assert redis_client.exists(ek.inflight) == 0
-    assert redis_client.exists(ek.fresh) == 1
 
-    # When the next attempt is granted, creating both sets anew
+    # When the next attempt is granted, after its sweep emptied the window
+    # (Redis deletes an empty set) while the expiry marker still lives
+    assert redis_client.exists(ek.fresh) == 1
     granted(limiter.acquire(endpoint, rule))
 
-    # Then both expire again: nothing an idle endpoint leaves stays for ever
-    assert redis_client.pttl(ek.window) > 0
+    # Then the leases' set kept its expiry (it never emptied), and the
+    # window, created anew, has one again: nothing idle stays for ever
     assert redis_client.pttl(ek.inflight) > 0
+    assert redis_client.pttl(ek.window) > 0
+    assert redis_client.zcount(ek.inflight, "(0", "+inf") == 1
 
 
 # --- headers ----------------------------------------------------------------------

@@ -120,7 +120,7 @@ class EndpointKeys:
     """
 
     window: str  # zset: attempt token -> start (ms), the sliding window
-    inflight: str  # zset: attempt token -> lease expiry (ms)
+    inflight: str  # zset: attempt token -> lease expiry (ms), 0 once released; ~wake
     hold: str  # string: no attempt before this time (ms), from Retry-After
     parked: str  # zset: webhook id -> first parked (ms), the waiting line
     payloads: str  # hash: webhook id -> parked delivery (JSON)

@@ -22,7 +22,7 @@ from redis.commands.core import Script
 
 from webhooks import keys
 
-__all__ = ["Denied", "Granted", "Limiter", "Limits", "RateLimit", "load_script"]
+__all__ = ["Denied", "Granted", "Limiter", "Limits", "RateLimit", "leases_held", "load_script"]
 
 _UNITS_S = {"second": 1, "minute": 60, "hour": 3600}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)s?\s*$")
@@ -121,14 +121,33 @@ class Limiter:
         self, pipe: Pipeline, endpoint: str, token: str, *, hold_s: float = 0.0
     ) -> None:
         """Queue freeing the slot on ``pipe``; ``hold_s`` keeps every attempt to
-        the endpoint back. The pipe's last result is how many deliveries are
-        parked for the endpoint.
+        the endpoint back. Pass the pipe's last result to :meth:`wakes_line`.
 
-        Without a hold no script is needed: two plain commands do it.
+        Without a hold no script is needed: one ZADD marks the lease released
+        and, from how many members it changed, tells whether the endpoint's
+        waiting line asked to be woken (``~wake``, see ``acquire.lua``).
         """
         ek = keys.endpoint(endpoint)
         if hold_s > 0:
             self._release(keys=ek.for_script(), args=[token, math.ceil(hold_s * 1000)], client=pipe)
         else:
-            pipe.zrem(ek.inflight, token)
-            pipe.zcard(ek.parked)
+            pipe.zadd(ek.inflight, {token: RELEASED, WAKE: DISARMED}, xx=True, ch=True)
+
+    @staticmethod
+    def wakes_line(released: object) -> bool:
+        """Whether the release whose reply this is should wake the endpoint's line."""
+        return released == 2
+
+
+#: Members and scores of an endpoint's ``inflight`` set besides live leases.
+WAKE, RELEASED, DISARMED = "~wake", 0, -1
+
+
+def leases_held(client: redis.Redis, endpoints: list[str]) -> list[int]:
+    """Slots held now per endpoint: leases neither given back nor expired, on Redis' clock."""
+    seconds, micros = client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    pipe = client.pipeline(transaction=False)
+    for endpoint in endpoints:
+        pipe.zcount(keys.endpoint(endpoint).inflight, f"({now_ms}", "(+inf")
+    return [int(n) for n in pipe.execute()]

@@ -18,6 +18,7 @@ from webhooks.conversations import Conversation, ConversationStore
 from webhooks.health import HealthPolicy, HealthStore
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.queues import QUEUE, SLOW_QUEUE
+from webhooks.ratelimit import leases_held
 
 __all__ = ["DeliveryView", "EndpointRow", "endpoint_rows", "find_deliveries", "masked_config"]
 
@@ -94,11 +95,11 @@ def _masked(secret: str | None) -> str | None:
 def endpoint_rows(client: redis.Redis, policy: HealthPolicy) -> list[EndpointRow]:
     """Every known endpoint: health, queue, window, in flight, parked, Retry-After hold."""
     health = HealthStore(client, policy).all()
+    flying = leases_held(client, [h.endpoint for h in health])
     pipe = client.pipeline(transaction=False)
     for h in health:
         ek = keys.endpoint(h.endpoint)
         pipe.zcard(ek.window)
-        pipe.zcard(ek.inflight)
         pipe.zcard(ek.parked)
         pipe.get(ek.limits)
         pipe.get(ek.hold)
@@ -107,8 +108,8 @@ def endpoint_rows(client: redis.Redis, policy: HealthPolicy) -> list[EndpointRow
     seconds, micros = replies[-1]
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     rows = []
-    for i, h in enumerate(health):
-        window, flight, parked, limits, hold = replies[5 * i : 5 * i + 5]
+    for i, (h, flight) in enumerate(zip(health, flying, strict=True)):
+        window, parked, limits, hold = replies[4 * i : 4 * i + 4]
         hold_ms = int(float(hold)) if hold else None
         rows.append(
             EndpointRow(

@@ -7,6 +7,7 @@ first, so counts and key lists are exact.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -137,37 +138,51 @@ def test_a_message_is_found_among_its_conversations_newest_attempts(log: Attempt
     assert log.for_message(first.message_id) == []
 
 
-def test_the_stream_and_the_pointer_expire_after_the_retention_and_each_attempt_renews_it(
+def test_the_stream_and_the_pointer_outlive_each_record_by_the_retention(
     log: AttemptLog, db_client: redis.Redis
 ) -> None:
+    # Given a message's attempt recorded, both keys' expiry then brought close
     record = a_record()
     by_message = keys.attempts_by_message(record.message_id)
     by_conversation = keys.attempts_by_conversation(record.conversation_id)
-
     log.record(record)
     db_client.expire(by_message, 10)
     db_client.expire(by_conversation, 10)
-    log.record(replace(record, attempt=2))
 
-    for key in (by_message, by_conversation):
-        assert RETENTION_S - 5 < db_client.ttl(key) <= RETENTION_S
+    # When another process records its next attempt
+    AttemptLog(db_client, retention_s=RETENTION_S).record(replace(record, attempt=2))
+
+    # Then the pointer lives the retention again, the stream the retention
+    # plus the tenth a process may go without renewing it
+    assert RETENTION_S - 5 < db_client.ttl(by_message) <= RETENTION_S
+    assert RETENTION_S < db_client.ttl(by_conversation) <= RETENTION_S * 1.1
 
 
-def test_an_attempt_costs_three_commands_in_the_callers_round_trip(
-    log: AttemptLog, db_client: redis.Redis
+def test_a_process_renews_a_streams_expiry_once_per_refresh_period(
+    db_client: redis.Redis,
 ) -> None:
-    # Given the caller's pipeline
-    pipe = db_client.pipeline(transaction=False)
+    # Given a process that trusts the expiry it set for 0.2 s
+    log = AttemptLog(db_client, retention_s=RETENTION_S, refresh_s=0.2)
+    cid = str(uuid.uuid4())
 
-    # When an attempt is recorded into it
-    log.record(a_record(), pipe=pipe)
+    def commands_of_one_attempt() -> list[str]:
+        pipe = db_client.pipeline(transaction=False)
+        log.record(a_record(conversation_id=cid), pipe=pipe)
+        sent = [str(args[0]).lower() for args, _ in pipe.command_stack]
+        pipe.execute()
+        return sent
 
-    # Then three commands wait there (stream, its expiry, the message's
-    # pointer), and nothing was written yet
-    assert len(pipe) == 3
-    assert db_client.dbsize() == 0
-    pipe.execute()
-    assert db_client.dbsize() == 2
+    # When it records three attempts of a conversation, the third 0.2 s later
+    first, second = commands_of_one_attempt(), commands_of_one_attempt()
+    time.sleep(0.2)
+    third = commands_of_one_attempt()
+
+    # Then the first and third push the stream's expiry back, the second not;
+    # and nothing else is written (the stream entry, the message's pointer)
+    assert first == third == ["xadd", "expire", "set"]
+    assert second == ["xadd", "set"]
+    assert RETENTION_S < db_client.ttl(keys.attempts_by_conversation(cid)) <= RETENTION_S + 1
+    assert db_client.dbsize() == 1 + 3
 
 
 def test_each_record_is_also_one_json_log_line(

@@ -4,9 +4,10 @@ Support's questions ("did message X arrive? what did the receiver say?")
 are answered from here. Each attempt is one JSON record appended to its
 conversation's stream, capped and expiring after the retention, so memory
 stays bounded however much traffic flows; a message's pointer names the
-conversation whose stream holds its attempts. Three commands per attempt
-(the stream, its expiry, the pointer) where a list per message and per
-conversation took six. Each record is also logged as one JSON line, without
+conversation whose stream holds its attempts. Two commands per attempt (the
+stream entry, the pointer), plus the stream's expiry when this process has
+not pushed it back lately, where a list per message and per conversation
+took six. Each record is also logged as one JSON line, without
 payload or secrets.
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from dataclasses import dataclass, fields
 from typing import cast
 
@@ -60,10 +63,25 @@ class AttemptRecord:
 _RECORD_FIELDS = tuple(f.name for f in fields(AttemptRecord))
 
 
+#: Conversations whose stream expiry one process remembers setting; past
+#: this it forgets them all (and sets each once more).
+_REMEMBERED = 10_000
+
+
 class AttemptLog:
-    def __init__(self, client: redis.Redis, *, retention_s: int) -> None:
+    """``refresh_s``: how long a process trusts the expiry it set on a
+    conversation's stream; the expiry is the retention plus that, so every
+    record lives at least the retention. Default: a tenth of the retention,
+    at most an hour.
+    """
+
+    def __init__(
+        self, client: redis.Redis, *, retention_s: int, refresh_s: float | None = None
+    ) -> None:
         self._redis = client
         self._retention_s = retention_s
+        self._refresh_s = min(3600.0, retention_s / 10) if refresh_s is None else refresh_s
+        self._expiry_set: dict[str, float] = {}  # stream -> when (monotonic s) this process set it
 
     def record(self, record: AttemptRecord, *, pipe: Pipeline | None = None) -> None:
         """Log and store ``record``; with ``pipe``, queue the writes for its caller."""
@@ -73,7 +91,14 @@ class AttemptLog:
         writes = pipe if pipe is not None else self._redis.pipeline(transaction=False)
         # "~": trimmed a whole stream node at a time, cheaply; at least the cap is kept.
         writes.xadd(stream, {_FIELD: line}, maxlen=MAX_PER_CONVERSATION, approximate=True)
-        writes.expire(stream, self._retention_s)
+        # A busy conversation's stream needs its expiry pushed back only now
+        # and then, not on every attempt.
+        now = time.monotonic()
+        if now - self._expiry_set.get(stream, -math.inf) >= self._refresh_s:
+            if len(self._expiry_set) >= _REMEMBERED:
+                self._expiry_set.clear()
+            writes.expire(stream, math.ceil(self._retention_s + self._refresh_s))
+            self._expiry_set[stream] = now
         writes.set(
             keys.attempts_by_message(record.message_id),
             record.conversation_id,

@@ -39,7 +39,7 @@ from webhooks.endpoints import normalize_endpoint
 from webhooks.outcomes import Outcome
 from webhooks.parking import ParkingLot
 from webhooks.queues import QUEUE, RELEASED_QUEUE
-from webhooks.ratelimit import leases_held
+from webhooks.ratelimit import usage
 
 #: Kombu's Redis transport keeps each message handed to a worker here until acked.
 UNACKED_KEY = "unacked"
@@ -212,7 +212,8 @@ class AcquireLog:
                     if line["client_type"] != "lua":
                         continue
                     if words[0].upper() == "ZADD" and words[1] == self._key:
-                        self.starts_ms[words[3]] = int(words[2])
+                        score, token = words[-4:-2] if words[2].upper() == "NX" else words[2:4]
+                        self.starts_ms[token] = int(score)
         except BaseException as failure:  # surfaced in __exit__
             self._failure = failure
 
@@ -379,7 +380,7 @@ def test_the_slot_of_a_killed_worker_comes_back_when_its_lease_expires(
     assert (outcome.state, outcome.status, outcome.attempts) == ("delivered", 200, 1)
     (request,) = [r for r in receiver.received(path) if r.headers["webhook-id"] == second_id]
     assert request.received_at >= lease_expiry_ms / 1000 - REDIS_MS
-    assert leases_held(broker.client, [endpoint]) == [0]
+    assert usage(broker.client, [endpoint])[0].in_flight == 0
     # And the killed worker's own message is not lost: the broker holds it
     # unacknowledged, to redeliver after the visibility timeout. (The second
     # task is acknowledged just after its outcome is written, so wait for it.)

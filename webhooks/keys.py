@@ -119,7 +119,7 @@ class EndpointKeys:
     touch any of them on a Redis Cluster.
     """
 
-    window: str  # zset: attempt token -> start (ms), the sliding window
+    window: str  # zset: attempt token -> start (ms), the sliding window; ~w -> -length
     inflight: str  # zset: attempt token -> lease expiry (ms), 0 once released; ~wake
     hold: str  # string: no attempt before this time (ms), from Retry-After
     parked: str  # zset: webhook id -> first parked (ms), the waiting line

@@ -22,7 +22,7 @@ from redis.commands.core import Script
 
 from webhooks import keys
 
-__all__ = ["Denied", "Granted", "Limiter", "Limits", "RateLimit", "leases_held", "load_script"]
+__all__ = ["Denied", "Granted", "Limiter", "Limits", "RateLimit", "Usage", "load_script", "usage"]
 
 _UNITS_S = {"second": 1, "minute": 60, "hour": 3600}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)s?\s*$")
@@ -139,15 +139,28 @@ class Limiter:
         return released == 2
 
 
-#: Members and scores of an endpoint's ``inflight`` set besides live leases.
+#: Members and scores of an endpoint's sets besides attempts and live leases.
 WAKE, RELEASED, DISARMED = "~wake", 0, -1
+WINDOW_LENGTH = "~w"  # in ``window``, scored minus the window's length (ms)
 
 
-def leases_held(client: redis.Redis, endpoints: list[str]) -> list[int]:
-    """Slots held now per endpoint: leases neither given back nor expired, on Redis' clock."""
+@dataclass(frozen=True, slots=True)
+class Usage:
+    in_window: int  # attempts the sliding window counts now
+    in_flight: int  # slots held now: leases neither given back nor expired
+
+
+def usage(client: redis.Redis, endpoints: list[str]) -> list[Usage]:
+    """What each endpoint uses now, on Redis' clock, counted as ``acquire.lua`` counts."""
     seconds, micros = client.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     pipe = client.pipeline(transaction=False)
     for endpoint in endpoints:
-        pipe.zcount(keys.endpoint(endpoint).inflight, f"({now_ms}", "(+inf")
-    return [int(n) for n in pipe.execute()]
+        pipe.zscore(keys.endpoint(endpoint).window, WINDOW_LENGTH)
+    lengths = pipe.execute()
+    for endpoint, minus_length in zip(endpoints, lengths, strict=True):
+        ek = keys.endpoint(endpoint)
+        pipe.zcount(ek.window, f"({now_ms + float(minus_length or 0)}", "+inf")
+        pipe.zcount(ek.inflight, f"({now_ms}", "(+inf")
+    counts = [int(n) for n in pipe.execute()]
+    return [Usage(counts[i], counts[i + 1]) for i in range(0, len(counts), 2)]

@@ -18,7 +18,7 @@ from webhooks.conversations import Conversation, ConversationStore
 from webhooks.health import HealthPolicy, HealthStore
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.queues import QUEUE, SLOW_QUEUE
-from webhooks.ratelimit import leases_held
+from webhooks.ratelimit import usage
 
 __all__ = ["DeliveryView", "EndpointRow", "endpoint_rows", "find_deliveries", "masked_config"]
 
@@ -95,11 +95,10 @@ def _masked(secret: str | None) -> str | None:
 def endpoint_rows(client: redis.Redis, policy: HealthPolicy) -> list[EndpointRow]:
     """Every known endpoint: health, queue, window, in flight, parked, Retry-After hold."""
     health = HealthStore(client, policy).all()
-    flying = leases_held(client, [h.endpoint for h in health])
+    used = usage(client, [h.endpoint for h in health])
     pipe = client.pipeline(transaction=False)
     for h in health:
         ek = keys.endpoint(h.endpoint)
-        pipe.zcard(ek.window)
         pipe.zcard(ek.parked)
         pipe.get(ek.limits)
         pipe.get(ek.hold)
@@ -108,8 +107,8 @@ def endpoint_rows(client: redis.Redis, policy: HealthPolicy) -> list[EndpointRow
     seconds, micros = replies[-1]
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     rows = []
-    for i, (h, flight) in enumerate(zip(health, flying, strict=True)):
-        window, parked, limits, hold = replies[4 * i : 4 * i + 4]
+    for i, (h, now_used) in enumerate(zip(health, used, strict=True)):
+        parked, limits, hold = replies[3 * i : 3 * i + 3]
         hold_ms = int(float(hold)) if hold else None
         rows.append(
             EndpointRow(
@@ -118,8 +117,8 @@ def endpoint_rows(client: redis.Redis, policy: HealthPolicy) -> list[EndpointRow
                 mean_ms=round(h.ewma_ms, 1),
                 recent=h.recent,
                 attempts=h.attempts,
-                in_window=int(window),
-                in_flight=int(flight),
+                in_window=now_used.in_window,
+                in_flight=now_used.in_flight,
                 parked=int(parked),
                 limits=str(limits or ""),
                 hold_until_ms=hold_ms if hold_ms and hold_ms > now_ms else None,

@@ -1,5 +1,6 @@
 -- Take one attempt slot for an endpoint, or say how long to wait.
--- KEYS[1] window   zset  attempt token -> start ms (sliding window log)
+-- KEYS[1] window   zset  attempt token -> start ms (sliding window log),
+--                        and ~w -> minus the window's length (ms)
 -- KEYS[2] inflight zset  attempt token -> lease expiry ms (0 once released),
 --                        and ~wake: -2 if a release should wake the line, else -1
 -- KEYS[3] hold     string no attempt before this ms (receiver's Retry-After)
@@ -48,14 +49,18 @@ if flying >= cap then
   return {0, tonumber(first[2]) - now, 'concurrency'}
 end
 
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
+-- Attempts still in the window are counted, not first swept out: those
+-- that left it go in one of 16 grants, below.
+local inside = '(' .. (now - window)
+local count = redis.call('ZCOUNT', KEYS[1], inside, '+inf')
 if count >= limit then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], inside, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   return {0, tonumber(oldest[2]) + window - now, 'rate'}
 end
 
-redis.call('ZADD', KEYS[1], now, ARGV[5])
+-- ~w (the window's length, for readers) is added only where missing, i.e.
+-- when the set is new, and the reply then counts it.
+local window_new = redis.call('ZADD', KEYS[1], 'NX', now, ARGV[5], -window, '~w') == 2
 -- While a line waits, this attempt's release is to wake it (~wake armed);
 -- otherwise ~wake is only added, disarmed, where missing. Either way the
 -- reply counts ~wake as added when the set is new.
@@ -70,19 +75,21 @@ end
 -- must outlive every entry that still counts. Rather than an expiry on every
 -- call, each is set to twice the longest life of an entry (span) when the
 -- set is new or once fresh has lapsed; fresh lives one span, so until it
--- lapses every expiry is at least one span away. ~wake keeps the leases'
--- set from emptying (and being created anew) between attempts.
+-- lapses every expiry is at least one span away. ~w and ~wake keep the sets
+-- from emptying (and being created anew) between attempts.
 local span = math.max(window, lease)
 if not fresh then
   redis.call('PEXPIRE', KEYS[1], 2 * span)
   redis.call('PEXPIRE', KEYS[2], 2 * span)
   redis.call('SET', KEYS[7], '1', 'PX', span)
 else
-  if count == 0 then redis.call('PEXPIRE', KEYS[1], 2 * span) end
+  if window_new then redis.call('PEXPIRE', KEYS[1], 2 * span) end
   if created then redis.call('PEXPIRE', KEYS[2], 2 * span) end
 end
--- Released and dead leases go in one of 16 grants (tokens are random hex).
+-- Attempts that left the window, and released and dead leases, go in one
+-- of 16 grants (tokens are random hex); ~w and ~wake (negative) stay.
 if not fresh or string.sub(ARGV[5], 1, 1) == '0' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, now - window)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], 0, now)
 end
 
@@ -91,7 +98,7 @@ end
 -- counted now has left the window one window from now.
 local reset = window
 if count + 1 >= limit and count > 0 then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], inside, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   reset = tonumber(oldest[2]) + window - now
 end
 return {1, limit - count - 1, reset}

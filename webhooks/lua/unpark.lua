@@ -24,13 +24,13 @@ local hold = tonumber(redis.call('GET', KEYS[3]) or '0')
 if hold > now then
   return {hold - now}
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local inside = '(' .. (now - window)
 local free_slots = cap - redis.call('ZCOUNT', KEYS[2], '(' .. now, '(+inf')
-local free_budget = limit - redis.call('ZCARD', KEYS[1])
+local free_budget = limit - redis.call('ZCOUNT', KEYS[1], inside, '+inf')
 local n = math.min(free_slots, free_budget, tonumber(ARGV[1]))
 if n <= 0 then
   if free_budget <= 0 then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], inside, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
     return {math.max(1, tonumber(oldest[2]) + window - now)}
   end
   local first = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)

@@ -160,7 +160,9 @@ def usage(client: redis.Redis, endpoints: list[str]) -> list[Usage]:
     lengths = pipe.execute()
     for endpoint, minus_length in zip(endpoints, lengths, strict=True):
         ek = keys.endpoint(endpoint)
-        pipe.zcount(ek.window, f"({now_ms + float(minus_length or 0)}", "+inf")
+        # Without ~w (a set an older version wrote, swept on every grant): all of it.
+        since = "0" if minus_length is None else f"({now_ms + float(minus_length)}"
+        pipe.zcount(ek.window, since, "+inf")
         pipe.zcount(ek.inflight, f"({now_ms}", "(+inf")
     counts = [int(n) for n in pipe.execute()]
     return [Usage(counts[i], counts[i + 1]) for i in range(0, len(counts), 2)]

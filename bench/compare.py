@@ -638,8 +638,9 @@ def main(argv: list[str] | None = None) -> None:
         "- The sink (bench/sink.py) answers `200` with an empty body, in its own process.",
         *(line for lines, _ in sections for line in lines),
     ]
-    write_report(report, RESULTS / "compare.md")
-    print(f"chart: {RESULTS / 'compare.png'}")
+    write_report(report, RESULTS / ("compare.md" if lat else f"compare-{args.only}.md"))
+    if lat:
+        print(f"chart: {RESULTS / 'compare.png'}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from tasks.routing import router
 from testing.receiver import Hang, TestCA
 from testing.worker import ALL_QUEUES, FAST_QUEUES, SLOW_QUEUES, WorkerProcess
 from webhooks import keys
+from webhooks.attempts import AttemptLog
 from webhooks.endpoints import normalize_endpoint
 
 __all__ = ["main"]
@@ -95,6 +96,7 @@ class Sent:
     path: str
     published_at: float  # epoch s, read just before delay()
     message_id: str
+    conversation_id: str
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def publish(cid: str, path: str) -> tuple[str, Sent]:
     event = message_event(cid)
     published_at = time.time()
     webhook_id = str(deliver_webhook.delay(event).id)
-    return webhook_id, Sent(path, published_at, str(event["data"]["id"]))
+    return webhook_id, Sent(path, published_at, str(event["data"]["id"]), cid)
 
 
 def settled(r: Rig, sent: dict[str, Sent]) -> bool:
@@ -135,17 +137,17 @@ def warm_up(r: Rig, slow_cid: str | None) -> None:
 
 def attempts(r: Rig, sent: dict[str, Sent]) -> tuple[Counter[tuple[str, str, str]], float]:
     """HTTP attempts by (path, queue, worker), and /slow's attempts per second, first to last."""
-    pipe = r.client.pipeline(transaction=False)
-    for s in sent.values():
-        pipe.lrange(keys.attempts_by_message(s.message_id), 0, -1)
+    by_message = {s.message_id: s for s in sent.values()}
+    log = AttemptLog(r.client, retention_s=3600)
     found: Counter[tuple[str, str, str]] = Counter()
     spans: list[tuple[float, float]] = []
-    for s, records in zip(sent.values(), pipe.execute(), strict=True):
-        for raw in records:
-            record = json.loads(raw)
-            found[s.path, record["queue"], str(record["worker"]).split("-", 1)[0]] += 1
+    for cid in {s.conversation_id for s in sent.values()}:  # each conversation's log once
+        for record in log.for_conversation(cid):
+            if (s := by_message.get(record.message_id)) is None:
+                continue  # a warm-up event
+            found[s.path, record.queue, record.worker.split("-", 1)[0]] += 1
             if s.path == SLOW:
-                spans.append((record["started_at"], record["started_at"] + record["duration_s"]))
+                spans.append((record.started_at, record.started_at + record.duration_s))
     if len(spans) < 2:
         return found, math.nan
     return found, len(spans) / (max(end for _, end in spans) - min(start for start, _ in spans))

@@ -170,9 +170,9 @@ def dedicated_broker(producer_settings: Settings, ca: TestCA) -> Iterator[Broker
 
 def release_slot(
     limiter: Limiter, client: redis.Redis, endpoint: str, token: str, *, hold_s: float = 0.0
-) -> int:
+) -> bool:
     """Give a slot back as an attempt's end does (:meth:`Limiter.release_into`
-    on a pipeline of its own); how many deliveries are parked for the endpoint."""
+    on a pipeline of its own); whether it should wake the endpoint's line."""
     pipe = client.pipeline(transaction=False)
     limiter.release_into(pipe, endpoint, token, hold_s=hold_s)
-    return int(pipe.execute()[-1])
+    return limiter.wakes_line(pipe.execute()[-1])

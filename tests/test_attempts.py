@@ -7,6 +7,7 @@ first, so counts and key lists are exact.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -106,9 +107,11 @@ def test_a_message_keeps_only_its_newest_attempts(log: AttemptLog) -> None:
     assert [r.attempt for r in kept] == list(range(extra + 1, MAX_PER_MESSAGE + extra + 1))
 
 
-def test_a_conversation_keeps_only_its_newest_attempts(log: AttemptLog) -> None:
+def test_a_conversation_keeps_only_its_newest_attempts(
+    log: AttemptLog, db_client: redis.Redis
+) -> None:
     cid = str(uuid.uuid4())
-    extra = 3
+    extra = 300
 
     for n in range(MAX_PER_CONVERSATION + extra):
         log.record(a_record(conversation_id=cid, message_id=f"m{n}"))
@@ -117,21 +120,69 @@ def test_a_conversation_keeps_only_its_newest_attempts(log: AttemptLog) -> None:
     assert len(kept) == MAX_PER_CONVERSATION
     assert kept[0].message_id == f"m{extra}"
     assert kept[-1].message_id == f"m{MAX_PER_CONVERSATION + extra - 1}"
+    # Trimmed a stream node at a time: about the cap is stored, not everything
+    assert MAX_PER_CONVERSATION <= db_client.xlen(keys.attempts_by_conversation(cid)) < 1200
 
 
-def test_both_lists_expire_after_the_retention_and_each_attempt_renews_it(
+def test_a_message_is_found_among_its_conversations_newest_attempts(log: AttemptLog) -> None:
+    # Given a message's attempt, then as many of other messages of its
+    # conversation as the conversation keeps
+    first = a_record()
+    log.record(first)
+    later = [a_record(conversation_id=first.conversation_id) for _ in range(MAX_PER_CONVERSATION)]
+    for record in later:
+        log.record(record)
+
+    # Then the last of those is found by its message, the first no longer
+    assert log.for_message(later[-1].message_id) == [later[-1]]
+    assert log.for_message(first.message_id) == []
+
+
+def test_the_stream_and_the_pointer_outlive_each_record_by_the_retention(
     log: AttemptLog, db_client: redis.Redis
 ) -> None:
+    # Given a message's attempt recorded, both keys' expiry then brought close
     record = a_record()
     by_message = keys.attempts_by_message(record.message_id)
     by_conversation = keys.attempts_by_conversation(record.conversation_id)
-
     log.record(record)
     db_client.expire(by_message, 10)
-    log.record(replace(record, attempt=2))
+    db_client.expire(by_conversation, 10)
 
-    for key in (by_message, by_conversation):
-        assert RETENTION_S - 5 < db_client.ttl(key) <= RETENTION_S
+    # When another process records its next attempt
+    AttemptLog(db_client, retention_s=RETENTION_S).record(replace(record, attempt=2))
+
+    # Then the pointer lives the retention again, the stream the retention
+    # plus the tenth a process may go without renewing it
+    assert RETENTION_S - 5 < db_client.ttl(by_message) <= RETENTION_S
+    assert RETENTION_S < db_client.ttl(by_conversation) <= RETENTION_S * 1.1
+
+
+def test_a_process_renews_a_streams_expiry_once_per_refresh_period(
+    db_client: redis.Redis,
+) -> None:
+    # Given a process that trusts the expiry it set for 0.2 s
+    log = AttemptLog(db_client, retention_s=RETENTION_S, refresh_s=0.2)
+    cid = str(uuid.uuid4())
+
+    def commands_of_one_attempt() -> list[str]:
+        pipe = db_client.pipeline(transaction=False)
+        log.record(a_record(conversation_id=cid), pipe=pipe)
+        sent = [str(args[0]).lower() for args, _ in pipe.command_stack]
+        pipe.execute()
+        return sent
+
+    # When it records three attempts of a conversation, the third 0.2 s later
+    first, second = commands_of_one_attempt(), commands_of_one_attempt()
+    time.sleep(0.2)
+    third = commands_of_one_attempt()
+
+    # Then the first and third push the stream's expiry back, the second not;
+    # and nothing else is written (the stream entry, the message's pointer)
+    assert first == third == ["xadd", "expire", "set"]
+    assert second == ["xadd", "set"]
+    assert RETENTION_S < db_client.ttl(keys.attempts_by_conversation(cid)) <= RETENTION_S + 1
+    assert db_client.dbsize() == 1 + 3
 
 
 def test_each_record_is_also_one_json_log_line(

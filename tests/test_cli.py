@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -235,8 +236,12 @@ def test_endpoints_lists_health_queue_and_counters(
     health.observe(fast, duration_s=0.2, outcome="error")
     health.observe(slow, duration_s=1.0, outcome="timeout")
     ek = keys.endpoint(fast)
-    client.zadd(ek.window, {"a": 1, "b": 2, "c": 3})
-    client.zadd(ek.inflight, {"a": 1, "b": 2})
+    in_an_hour_ms = int((time.time() + 3600) * 1000)
+    # Attempts: three in the last minute, one before it; ~w: the window's length
+    now_ms = int(time.time() * 1000)
+    client.zadd(ek.window, {"a": now_ms, "b": now_ms, "c": now_ms, "d": 1, "~w": -60_000})
+    # Leases: two live, one given back (0), one expired (its worker died), ~wake
+    client.zadd(ek.inflight, {"a": in_an_hour_ms, "b": in_an_hour_ms, "c": 0, "d": 1, "~wake": -1})
     client.zadd(ek.parked, {"msg_1": 1})
     client.close()
 

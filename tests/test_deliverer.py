@@ -30,6 +30,7 @@ from webhooks.events import parse_event
 from webhooks.outcomes import OutcomeStore
 from webhooks.progress import Delivery
 from webhooks.queues import QUEUE
+from webhooks.ratelimit import Usage, usage
 from webhooks.sender import SentResponse
 
 URL = "https://127.0.0.1:9/hook"
@@ -98,9 +99,7 @@ def test_a_delivered_attempt_leaves_its_record_its_outcome_and_no_lease(
         "delivered",
         200,
     )
-    ek = keys.endpoint(ENDPOINT)
-    assert own_client.zcard(ek.inflight) == 0
-    assert own_client.zcard(ek.window) == 1
+    assert usage(own_client, [ENDPOINT]) == [Usage(in_window=1, in_flight=0)]
 
 
 def test_a_failed_attempt_frees_its_slot_and_records_no_outcome(
@@ -116,7 +115,7 @@ def test_a_failed_attempt_frees_its_slot_and_records_no_outcome(
         deliverer.attempt(job)
 
     # And the slot is free, the attempt is recorded, and no outcome exists yet
-    assert own_client.zcard(keys.endpoint(ENDPOINT).inflight) == 0
+    assert usage(own_client, [ENDPOINT])[0].in_flight == 0
     (record,) = AttemptLog(own_client, retention_s=60).for_message(job.delivery.event["data"]["id"])
     assert (record.outcome, record.status) == ("http_5xx", 500)
     assert OutcomeStore(own_client, retention_s=60).get(job.delivery.webhook_id) is None

@@ -519,3 +519,61 @@ def test_a_claim_expires(lot: ParkingLot, endpoint: str) -> None:
 
     # Then another pump can claim
     assert lot.claim(endpoint, "pump-b", ttl_s=5)
+
+
+# --- waking the line when a slot comes free ---------------------------------------
+
+
+def held(
+    limiter: Limiter, endpoint: str, limits: Limits = ROOMY, *, from_line: bool = False
+) -> str:
+    grant = limiter.acquire(endpoint, limits, from_line=from_line)
+    assert isinstance(grant, Granted)
+    return grant.token
+
+
+def test_a_park_asks_the_next_release_to_wake_the_line_once(
+    lot: ParkingLot, limiter: Limiter, endpoint: str, own_client: redis.Redis
+) -> None:
+    # Given two slots taken, then a delivery parked
+    first, second = held(limiter, endpoint), held(limiter, endpoint)
+    park_all(lot, endpoint, 1)
+
+    # When both slots are released
+    # Then the first release wakes the line, the second need not: the pump
+    # is due already, and its pass asks again
+    assert release_slot(limiter, own_client, endpoint, first)
+    assert not release_slot(limiter, own_client, endpoint, second)
+
+
+@pytest.mark.parametrize("hold_s", [0.0, 5.0], ids=["plain", "with-hold"])
+def test_a_pump_pass_over_a_waiting_line_asks_again(
+    lot: ParkingLot, limiter: Limiter, endpoint: str, own_client: redis.Redis, hold_s: float
+) -> None:
+    # Given a cap of 1, its slot taken, two deliveries parked, and a release
+    # that already woke the line
+    limits = Limits(rate=RateLimit(1000, 60), max_concurrency=1)
+    token = held(limiter, endpoint, limits)
+    park_all(lot, endpoint, 2, limits)
+    assert release_slot(limiter, own_client, endpoint, token)
+    token = held(limiter, endpoint, limits, from_line=True)  # the first one, released
+
+    # When the pump takes (and finds no free slot)
+    assert lot.take(endpoint, max_batch=50).deliveries == []
+
+    # Then the next release wakes the line again, with a hold or without
+    assert release_slot(limiter, own_client, endpoint, token, hold_s=hold_s)
+
+
+def test_released_leases_are_swept_now_and_then(
+    limiter: Limiter, endpoint: str, own_client: redis.Redis
+) -> None:
+    # Given 300 attempts, each slot given back at once
+    for _ in range(300):
+        release_slot(limiter, own_client, endpoint, held(limiter, endpoint))
+
+    # Then none is in flight, and the given-back leases did not pile up
+    # (one grant in 16 sweeps them: 300 in a row without one has odds of 4e-9)
+    inflight = keys.endpoint(endpoint).inflight
+    assert own_client.zcount(inflight, "(0", "+inf") == 0
+    assert own_client.zcard(inflight) < 300

@@ -20,7 +20,16 @@ from redis.crc import key_slot
 from tests.support import release_slot
 from webhooks import keys
 from webhooks.endpoints import endpoint_tag, normalize_endpoint
-from webhooks.ratelimit import Denied, Granted, Limiter, Limits, RateLimit, load_script
+from webhooks.ratelimit import (
+    Denied,
+    Granted,
+    Limiter,
+    Limits,
+    RateLimit,
+    Usage,
+    load_script,
+    usage,
+)
 
 LUA_SCRIPTS = sorted(
     entry.name.removesuffix(".lua")
@@ -173,7 +182,7 @@ def test_window_slides_rather_than_resets(
     granted(limiter.acquire(endpoint, rule))
     granted(limiter.acquire(endpoint, rule))
     log = redis_client.zrange(keys.endpoint(endpoint).window, 0, -1, withscores=True)
-    starts = sorted(float(score) for _, score in cast(list[tuple[str, float]], log))
+    starts = sorted(float(score) for _, score in cast(list[tuple[str, float]], log) if score > 0)
     assert starts[1] - starts[0] >= 500
 
     # When the window is full, and the first attempt leaves it
@@ -374,19 +383,18 @@ def test_a_hold_wins_over_free_room(
 
 @pytest.mark.usefixtures("cleanup")
 @pytest.mark.parametrize("hold_s", [0.0, 5.0], ids=["plain", "with-hold"])
-def test_release_reports_the_parked_line(
+def test_a_release_wakes_no_line_that_did_not_ask(
     limiter: Limiter, redis_client: redis.Redis, endpoint: str, hold_s: float
 ) -> None:
-    # Given an endpoint with two deliveries in its waiting line
+    # Given an endpoint with two slots taken and nothing parked
     rule = limits(1000, window_s=60, max_concurrency=10)
     first = granted(limiter.acquire(endpoint, rule))
     second = granted(limiter.acquire(endpoint, rule))
-    assert release_slot(limiter, redis_client, endpoint, first.token, hold_s=hold_s) == 0
-    redis_client.zadd(keys.endpoint(endpoint).parked, {"wh_a": 1, "wh_b": 2})
 
-    # When an attempt releases its slot (with or without holding the endpoint back)
-    # Then it learns how many wait, so that it can wake the pump
-    assert release_slot(limiter, redis_client, endpoint, second.token, hold_s=hold_s) == 2
+    # When both are released (with or without holding the endpoint back)
+    # Then neither wakes the line (a park asks for that: test_parking)
+    assert not release_slot(limiter, redis_client, endpoint, first.token, hold_s=hold_s)
+    assert not release_slot(limiter, redis_client, endpoint, second.token, hold_s=hold_s)
 
 
 @pytest.mark.usefixtures("cleanup")
@@ -410,6 +418,60 @@ def test_a_fresh_delivery_joins_a_non_empty_line(
     assert isinstance(limiter.acquire(endpoint, rule), Granted)
 
 
+# --- expiry (Redis runs noeviction) -----------------------------------------------
+
+
+@pytest.mark.usefixtures("cleanup")
+def test_an_endpoints_sets_expire_after_twice_the_longest_entry_life(
+    limiter: Limiter, redis_client: redis.Redis, endpoint: str
+) -> None:
+    # Given a 1 s window and the 30 s lease: entries live at most 30 s
+    span_ms = LEASE_S * 1000
+
+    # When an attempt is granted
+    granted(limiter.acquire(endpoint, limits(10, window_s=1)))
+
+    # Then the window and the leases expire within twice that, and the
+    # marker that spares later grants an expiry within once that
+    ek = keys.endpoint(endpoint)
+    assert span_ms < redis_client.pttl(ek.window) <= 2 * span_ms
+    assert span_ms < redis_client.pttl(ek.inflight) <= 2 * span_ms
+    assert 0 < redis_client.pttl(ek.fresh) <= span_ms
+
+
+@pytest.mark.usefixtures("cleanup")
+def test_the_sets_outlive_their_entries_and_sets_created_anew_expire(
+    limiter: Limiter, redis_client: redis.Redis, endpoint: str
+) -> None:
+    # Given an attempt whose lease was given back and whose 1 s window passed
+    rule = limits(10, window_s=1)
+    token = granted(limiter.acquire(endpoint, rule)).token
+    release_slot(limiter, redis_client, endpoint, token)
+    time.sleep(1.1)
+    ek = keys.endpoint(endpoint)
+
+    # When the next attempt is granted once the expiry marker lapsed, which
+    # sweeps the first attempt out of both sets
+    redis_client.delete(ek.fresh)
+    granted(limiter.acquire(endpoint, rule))
+
+    # Then each set holds the new attempt and its own marker (~w, ~wake),
+    # so it never empties, and keeps its expiry
+    assert usage(redis_client, [endpoint]) == [Usage(in_window=1, in_flight=1)]
+    assert (redis_client.zcard(ek.window), redis_client.zcard(ek.inflight)) == (2, 2)
+    assert redis_client.pttl(ek.window) > 0
+    assert redis_client.pttl(ek.inflight) > 0
+
+    # When both sets are gone (deleted) while the marker lives, and an
+    # attempt is granted
+    redis_client.delete(ek.window, ek.inflight)
+    granted(limiter.acquire(endpoint, rule))
+
+    # Then both, created anew, expire again: nothing idle stays for ever
+    assert redis_client.pttl(ek.window) > 0
+    assert redis_client.pttl(ek.inflight) > 0
+
+
 # --- headers ----------------------------------------------------------------------
 
 
@@ -418,15 +480,18 @@ def test_granted_headers_count_down(limiter: Limiter, endpoint: str) -> None:
     # Given a limit of 5 per minute
     rule = limits(5, window_s=60)
 
-    # When five attempts are granted
-    grants = [granted(limiter.acquire(endpoint, rule)) for _ in range(5)]
+    # When five attempts are granted, the first 1.1 s before the others
+    grants = [granted(limiter.acquire(endpoint, rule))]
+    time.sleep(1.1)
+    grants += [granted(limiter.acquire(endpoint, rule)) for _ in range(4)]
 
     # Then each carries the limit, the attempts left after it, and when the
-    # window frees an attempt again (whole seconds, within the window)
+    # budget grows again: a window from now while some is left, and when the
+    # oldest attempt leaves the window for the one that took the last of it
     headers = [g.headers() for g in grants]
     assert [h["X-RateLimit-Limit"] for h in headers] == ["5"] * 5
     assert [h["X-RateLimit-Remaining"] for h in headers] == ["4", "3", "2", "1", "0"]
-    assert all(0 < int(h["X-RateLimit-Reset"]) <= 60 for h in headers)
+    assert [h["X-RateLimit-Reset"] for h in headers] == ["60", "60", "60", "60", "59"]
     assert denied(limiter.acquire(endpoint, rule)).reason == "rate"
 
 
@@ -441,7 +506,7 @@ def test_every_key_of_an_endpoint_shares_one_hash_tag(endpoint: str) -> None:
     # Then each is under the package prefix, carries the endpoint's tag in
     # braces exactly once, and so all hash to one Redis Cluster slot
     tag = "{" + endpoint_tag(endpoint) + "}"
-    assert len(set(every_key)) == 7
+    assert len(set(every_key)) == 8
     assert all(k.startswith(f"{keys.PREFIX}:") for k in every_key)
     assert all(k.count("{") == 1 and tag in k for k in every_key)
     assert len({key_slot(k.encode()) for k in every_key}) == 1
@@ -460,7 +525,7 @@ def test_the_limiter_writes_only_keys_under_the_endpoints_tag(
     # Then every key it wrote carries the endpoint's hash tag
     written = set(redis_client.scan_iter(match=f"*{endpoint_tag(endpoint)}*"))
     ek = keys.endpoint(endpoint)
-    assert written == {ek.window, ek.inflight, ek.hold}
+    assert written == {ek.window, ek.inflight, ek.hold, ek.fresh}
 
 
 def test_the_limiter_and_parking_scripts_are_shipped() -> None:

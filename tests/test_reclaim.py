@@ -56,3 +56,28 @@ def test_a_silent_worker_is_reaped_once_and_only_its_unacked_tags_restored(
     assert own_client.exists(keys.worker_held("dead")) == 0
     assert own_client.zscore(keys.WORKERS, "dead") is None
     assert own_client.zscore(keys.WORKERS, "alive") is not None
+
+
+def test_a_beat_asks_about_every_held_tag_in_one_command(own_client: redis.Redis) -> None:
+    # Given a worker that took 50 deliveries, 3 still unacknowledged, and
+    # another that took none
+    busy, idle = reclaimer(own_client, [], "busy"), reclaimer(own_client, [], "idle")
+    for i in range(50):
+        busy.took(f"tag-{i}")
+    own_client.hset(UNACKED, mapping={f"tag-{i}": "[]" for i in range(3)})
+    before = _lookups(own_client)
+
+    # When both beat
+    busy.beat()
+    idle.beat()
+
+    # Then one command asked kombu's hash about all 50 (not one per tag:
+    # every delivery's tag passes through a beat), and the 3 are kept
+    assert _lookups(own_client) - before == 1
+    assert own_client.smembers(keys.worker_held("busy")) == {"tag-0", "tag-1", "tag-2"}
+
+
+def _lookups(client: redis.Redis) -> int:
+    """Commands that have read kombu's unacked hash by field, from Redis' own counts."""
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("hexists", "hmget"))

@@ -311,10 +311,10 @@ class Deliverer:
         its slot given back and, once delivered, the outcome.
         """
         pipe = self.redis.pipeline(transaction=False)
-        parked_at = None
+        released_at = None
         if grant is not None and self.limiter is not None:
             self.limiter.release_into(pipe, target.endpoint, grant.token, hold_s=ended.hold_s)
-            parked_at = len(pipe) - 1
+            released_at = len(pipe) - 1
         if ended.error is None:
             self.outcomes.delivered(self._delivered(event, job.delivery, target, ended), pipe=pipe)
             if self.observer is not None:
@@ -326,7 +326,7 @@ class Deliverer:
         finally:
             # Even if observing was interrupted (a soft time limit during a
             # flush), the slot goes back and the outcome is kept.
-            self._write(pipe, job.delivery, target, ended, parked_at)
+            self._write(pipe, job.delivery, target, ended, released_at)
 
     def _write(
         self,
@@ -334,7 +334,7 @@ class Deliverer:
         delivery: Delivery,
         target: Target,
         ended: Ended,
-        parked_at: int | None,
+        released_at: int | None,
     ) -> None:
         try:
             results = pipe.execute(raise_on_error=False)
@@ -357,8 +357,8 @@ class Deliverer:
                 log.warning(
                     "could not record part of %s's attempt: %s", delivery.webhook_id, result
                 )
-        parked = results[parked_at] if parked_at is not None else 0
-        if isinstance(parked, int) and parked > 0:
+        released = results[released_at] if released_at is not None else 0
+        if self.limiter is not None and self.limiter.wakes_line(released):
             try:
                 self.parking.wake(target.endpoint)
             except redis.RedisError:

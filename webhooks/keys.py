@@ -96,13 +96,16 @@ def metrics_minute(minute: int) -> str:
 
 
 def attempts_by_message(message_id: str) -> str:
-    """List of attempt records (JSON), newest first, capped, expiring."""
-    return f"{PREFIX}:log:msg:{message_id}"
+    """String: the conversation whose attempt stream holds the message's attempts; expiring.
+
+    (Before, ``log:msg:`` and ``log:conv:`` lists held the records; they expire unread.)
+    """
+    return f"{PREFIX}:attempts:msg:{message_id}"
 
 
 def attempts_by_conversation(conversation_id: str) -> str:
-    """List of attempt records (JSON), newest first, capped, expiring."""
-    return f"{PREFIX}:log:conv:{conversation_id}"
+    """Stream of attempt records (field ``r``: JSON), oldest first, capped, expiring."""
+    return f"{PREFIX}:attempts:conv:{conversation_id}"
 
 
 def dead_letter(webhook_id: str) -> str:
@@ -116,17 +119,21 @@ class EndpointKeys:
     touch any of them on a Redis Cluster.
     """
 
-    window: str  # zset: attempt token -> start (ms), the sliding window
-    inflight: str  # zset: attempt token -> lease expiry (ms)
+    window: str  # zset: attempt token -> start (ms), the sliding window; ~w -> -length
+    inflight: str  # zset: attempt token -> lease expiry (ms), 0 once released; ~wake
     hold: str  # string: no attempt before this time (ms), from Retry-After
     parked: str  # zset: webhook id -> first parked (ms), the waiting line
     payloads: str  # hash: webhook id -> parked delivery (JSON)
     limits: str  # string: "count window_ms max_concurrency" of the latest park
     health: str  # hash: latency average, recent outcomes, slow flag
     pump_lock: str  # string: which pump is releasing this endpoint's backlog
+    fresh: str  # string: present while window and inflight expire late enough (acquire.lua)
 
     def for_script(self) -> list[str]:
-        return [self.window, self.inflight, self.hold, self.parked, self.payloads, self.limits]
+        return [
+            self.window, self.inflight, self.hold, self.parked, self.payloads, self.limits,
+            self.fresh,
+        ]  # fmt: skip
 
 
 def endpoint(normalized: str) -> EndpointKeys:
@@ -140,6 +147,7 @@ def endpoint(normalized: str) -> EndpointKeys:
         limits=f"{base}:limits",
         health=f"{base}:health",
         pump_lock=f"{base}:pump",
+        fresh=f"{base}:fresh",
     )
 
 

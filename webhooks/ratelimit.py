@@ -24,7 +24,7 @@ from redis.commands.core import Script
 from webhooks import keys
 from webhooks.store import Store, StorePipeline
 
-__all__ = ["Denied", "Granted", "Limiter", "Limits", "RateLimit", "load_script"]
+__all__ = ["Denied", "Granted", "Limiter", "Limits", "RateLimit", "Usage", "load_script", "usage"]
 
 _UNITS_S = {"second": 1, "minute": 60, "hour": 3600}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)s?\s*$")
@@ -129,14 +129,48 @@ class Limiter:
         self, pipe: StorePipeline, endpoint: str, token: str, *, hold_s: float = 0.0
     ) -> None:
         """Queue freeing the slot on ``pipe``; ``hold_s`` keeps every attempt to
-        the endpoint back. The pipe's last result is how many deliveries are
-        parked for the endpoint.
+        the endpoint back. Pass the pipe's last result to :meth:`wakes_line`.
 
-        Without a hold no script is needed: two plain commands do it.
+        Without a hold no script is needed: one ZADD marks the lease released
+        and, from how many members it changed, tells whether the endpoint's
+        waiting line asked to be woken (``~wake``, see ``acquire.lua``).
         """
         ek = keys.endpoint(endpoint)
         if hold_s > 0:
             self._release(keys=ek.for_script(), args=[token, math.ceil(hold_s * 1000)], client=pipe)
         else:
-            pipe.zrem(ek.inflight, token)
-            pipe.zcard(ek.parked)
+            pipe.zadd(ek.inflight, {token: RELEASED, WAKE: DISARMED}, xx=True, ch=True)
+
+    @staticmethod
+    def wakes_line(released: object) -> bool:
+        """Whether the release whose reply this is should wake the endpoint's line."""
+        return released == 2
+
+
+#: Members and scores of an endpoint's sets besides attempts and live leases.
+WAKE, RELEASED, DISARMED = "~wake", 0, -1
+WINDOW_LENGTH = "~w"  # in ``window``, scored minus the window's length (ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    in_window: int  # attempts the sliding window counts now
+    in_flight: int  # slots held now: leases neither given back nor expired
+
+
+def usage(client: Store, endpoints: list[str]) -> list[Usage]:
+    """What each endpoint uses now, on Redis' clock, counted as ``acquire.lua`` counts."""
+    seconds, micros = client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    pipe = client.pipeline(transaction=False)
+    for endpoint in endpoints:
+        pipe.zscore(keys.endpoint(endpoint).window, WINDOW_LENGTH)
+    lengths = pipe.execute()
+    for endpoint, minus_length in zip(endpoints, lengths, strict=True):
+        ek = keys.endpoint(endpoint)
+        # Without ~w (a set an older version wrote, swept on every grant): all of it.
+        since = "0" if minus_length is None else f"({now_ms + float(minus_length)}"
+        pipe.zcount(ek.window, since, "+inf")
+        pipe.zcount(ek.inflight, f"({now_ms}", "(+inf")
+    counts = [int(n) for n in pipe.execute()]
+    return [Usage(counts[i], counts[i + 1]) for i in range(0, len(counts), 2)]

@@ -16,6 +16,7 @@ from webhooks.conversations import Conversation, ConversationStore
 from webhooks.health import HealthPolicy, HealthStore
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.queues import QUEUE, SLOW_QUEUE
+from webhooks.ratelimit import usage
 from webhooks.store import Store
 
 __all__ = ["DeliveryView", "EndpointRow", "endpoint_rows", "find_deliveries", "masked_config"]
@@ -96,18 +97,17 @@ def endpoint_rows(client: Store, policy: HealthPolicy) -> list[EndpointRow]:
     # Not in the pipeline: a cluster pipeline refuses keyless commands.
     seconds, micros = client.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
+    used = usage(client, [h.endpoint for h in health])
     pipe = client.pipeline(transaction=False)
     for h in health:
         ek = keys.endpoint(h.endpoint)
-        pipe.zcard(ek.window)
-        pipe.zcard(ek.inflight)
         pipe.zcard(ek.parked)
         pipe.get(ek.limits)
         pipe.get(ek.hold)
     replies: Sequence[Any] = pipe.execute()
     rows = []
-    for i, h in enumerate(health):
-        window, flight, parked, limits, hold = replies[5 * i : 5 * i + 5]
+    for i, (h, now_used) in enumerate(zip(health, used, strict=True)):
+        parked, limits, hold = replies[3 * i : 3 * i + 3]
         hold_ms = int(float(hold)) if hold else None
         rows.append(
             EndpointRow(
@@ -116,8 +116,8 @@ def endpoint_rows(client: Store, policy: HealthPolicy) -> list[EndpointRow]:
                 mean_ms=round(h.ewma_ms, 1),
                 recent=h.recent,
                 attempts=h.attempts,
-                in_window=int(window),
-                in_flight=int(flight),
+                in_window=now_used.in_window,
+                in_flight=now_used.in_flight,
                 parked=int(parked),
                 limits=str(limits or ""),
                 hold_until_ms=hold_ms if hold_ms and hold_ms > now_ms else None,

@@ -1,4 +1,7 @@
--- Put a delivery in its endpoint's waiting line (idempotent per webhook id).
+-- Put a delivery in its endpoint's waiting line (idempotent per webhook id),
+-- and have the next release of a slot wake the line (arm ~wake, if leases
+-- are held: see acquire.lua).
+-- KEYS[2] inflight zset
 -- KEYS[4] parked   zset webhook id -> place in line (ms)
 -- KEYS[5] payloads hash webhook id -> parked delivery JSON
 -- ARGV[1] webhook id
@@ -15,4 +18,5 @@ end
 redis.call('ZADD', KEYS[4], 'NX', place, ARGV[1])
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
 redis.call('SET', KEYS[6], ARGV[4])
+redis.call('ZADD', KEYS[2], 'XX', -2, '~wake')
 return redis.call('ZCARD', KEYS[4])

@@ -6,12 +6,14 @@
 -- else {0, id1, payload1, place1, id2, payload2, place2, ...}, place being
 -- the delivery's place in line (ms), for it to keep if it is parked again.
 -- Nothing is removed here: the caller removes what it has republished, so a
--- crash in between can only duplicate, never lose.
+-- crash in between can only duplicate, never lose. The next release of a
+-- slot wakes the line again (~wake armed: see acquire.lua).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('ZCARD', KEYS[4]) == 0 then
   return {-1}
 end
+redis.call('ZADD', KEYS[2], 'XX', -2, '~wake')
 local stored = redis.call('GET', KEYS[6])
 if not stored then
   return redis.error_reply('parked deliveries without stored limits')
@@ -22,17 +24,16 @@ local hold = tonumber(redis.call('GET', KEYS[3]) or '0')
 if hold > now then
   return {hold - now}
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local free_slots = cap - redis.call('ZCARD', KEYS[2])
-local free_budget = limit - redis.call('ZCARD', KEYS[1])
+local inside = '(' .. (now - window)
+local free_slots = cap - redis.call('ZCOUNT', KEYS[2], '(' .. now, '(+inf')
+local free_budget = limit - redis.call('ZCOUNT', KEYS[1], inside, '+inf')
 local n = math.min(free_slots, free_budget, tonumber(ARGV[1]))
 if n <= 0 then
   if free_budget <= 0 then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], inside, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
     return {math.max(1, tonumber(oldest[2]) + window - now)}
   end
-  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  local first = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   return {math.max(1, tonumber(first[2]) - now)}
 end
 local head = redis.call('ZRANGE', KEYS[4], 0, n - 1, 'WITHSCORES')

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from importlib.resources import files
+from types import SimpleNamespace
 from typing import cast
 
 import pytest
@@ -206,6 +207,30 @@ def test_window_slides_rather_than_resets(
 def redis_ms(client: redis.Redis) -> int:
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+@pytest.mark.usefixtures("cleanup")
+def test_a_short_window_never_sweeps_out_what_a_longer_one_on_the_endpoint_counts(
+    limiter: Limiter, endpoint: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two conversations sharing one endpoint, one allowed 5 a minute
+    # and one 100 a second, and every grant sweeping (a token starting "0"
+    # sweeps; otherwise one grant in 16 does)
+    sweeping = SimpleNamespace(uuid4=lambda: SimpleNamespace(hex="0" + uuid.uuid4().hex[1:]))
+    monkeypatch.setattr("webhooks.ratelimit.uuid", sweeping)
+    per_minute, per_second = limits(5, window_s=60), limits(100, window_s=1)
+    for _ in range(5):
+        granted(limiter.acquire(endpoint, per_minute))
+
+    # When the per-second conversation is granted after its own window has passed
+    time.sleep(1.1)
+    granted(limiter.acquire(endpoint, per_second))
+
+    # Then the per-minute conversation still counts its five: no sixth this minute
+    assert denied(limiter.acquire(endpoint, per_minute)).reason == "rate"
+    # And the sets outlive the longest window
+    ek = keys.endpoint(endpoint)
+    assert redis_client.pttl(ek.window) > 60_000
 
 
 @pytest.mark.usefixtures("cleanup")

@@ -58,9 +58,15 @@ if count >= limit then
   return {0, tonumber(oldest[2]) + window - now, 'rate'}
 end
 
--- ~w (the window's length, for readers) is added only where missing, i.e.
--- when the set is new, and the reply then counts it.
-local window_new = redis.call('ZADD', KEYS[1], 'NX', now, ARGV[5], -window, '~w') == 2
+-- ~w holds minus the longest window of any conversation sharing the
+-- endpoint (LT), for readers and for the sweep: a 1 s conversation's grant
+-- must not sweep out what a 1 min one on the same endpoint still counts.
+-- CH: the reply is 2 when ~w is new or lengthened.
+local window_new = redis.call('ZADD', KEYS[1], 'LT', 'CH', now, ARGV[5], -window, '~w') == 2
+local longest = window
+if window_new or not fresh or string.sub(ARGV[5], 1, 1) == '0' then
+  longest = -tonumber(redis.call('ZSCORE', KEYS[1], '~w'))
+end
 -- While a line waits, this attempt's release is to wake it (~wake armed);
 -- otherwise ~wake is only added, disarmed, where missing. Either way the
 -- reply counts ~wake as added when the set is new.
@@ -77,19 +83,18 @@ end
 -- set is new or once fresh has lapsed; fresh lives one span, so until it
 -- lapses every expiry is at least one span away. ~w and ~wake keep the sets
 -- from emptying (and being created anew) between attempts.
-local span = math.max(window, lease)
-if not fresh then
+local span = math.max(longest, lease)
+if not fresh or window_new then
   redis.call('PEXPIRE', KEYS[1], 2 * span)
   redis.call('PEXPIRE', KEYS[2], 2 * span)
   redis.call('SET', KEYS[7], '1', 'PX', span)
 else
-  if window_new then redis.call('PEXPIRE', KEYS[1], 2 * span) end
   if created then redis.call('PEXPIRE', KEYS[2], 2 * span) end
 end
 -- Attempts that left the window, and released and dead leases, go in one
 -- of 16 grants (tokens are random hex); ~w and ~wake (negative) stay.
 if not fresh or string.sub(ARGV[5], 1, 1) == '0' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, now - window)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, now - longest)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], 0, now)
 end
 

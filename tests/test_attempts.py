@@ -185,6 +185,45 @@ def test_a_process_renews_a_streams_expiry_once_per_refresh_period(
     assert db_client.dbsize() == 1 + 3
 
 
+def test_a_stream_whose_expiry_was_lost_gets_it_at_the_next_check(
+    log: AttemptLog, db_client: redis.Redis
+) -> None:
+    # Given an attempt whose stream expiry never reached Redis (dropped from
+    # the caller's pipeline, as a failed write would be), and a later attempt
+    # of the conversation that this process does not send an expiry for
+    cid = str(uuid.uuid4())
+    pipe = db_client.pipeline(transaction=False)
+    log.record(a_record(conversation_id=cid), pipe=pipe)
+    pipe.command_stack = [c for c in pipe.command_stack if str(c[0][0]).lower() != "expire"]
+    pipe.execute()
+    log.record(a_record(conversation_id=cid))
+    stream = keys.attempts_by_conversation(cid)
+    assert db_client.ttl(stream) == -1
+
+    # When the process checks the expiries it sent (the observer's flush does)
+    log.check_expiries()
+
+    # Then the stream expires after the retention like any other
+    assert RETENTION_S < db_client.ttl(stream) <= RETENTION_S * 1.1
+
+
+def test_a_stream_not_yet_written_is_checked_again(log: AttemptLog, db_client: redis.Redis) -> None:
+    # Given an attempt queued in a pipeline that has not run yet
+    cid = str(uuid.uuid4())
+    pipe = db_client.pipeline(transaction=False)
+    log.record(a_record(conversation_id=cid), pipe=pipe)
+
+    # When a check runs first, then the pipeline without its expiry
+    log.check_expiries()
+    pipe.command_stack = [c for c in pipe.command_stack if str(c[0][0]).lower() != "expire"]
+    pipe.execute()
+    log.check_expiries()
+
+    # Then the second check still gives the stream its expiry
+    stream = keys.attempts_by_conversation(cid)
+    assert RETENTION_S < db_client.ttl(stream) <= RETENTION_S * 1.1
+
+
 def test_each_record_is_also_one_json_log_line(
     log: AttemptLog, caplog: pytest.LogCaptureFixture
 ) -> None:

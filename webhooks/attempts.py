@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, fields
 from typing import cast
@@ -66,6 +67,11 @@ _RECORD_FIELDS = tuple(f.name for f in fields(AttemptRecord))
 _REMEMBERED = 10_000
 
 
+#: How long a stream whose expiry was sent but which is not there yet is
+#: looked for again.
+_RECHECK_S = 60.0
+
+
 class AttemptLog:
     """``refresh_s``: how long a process trusts the expiry it set on a
     conversation's stream; the expiry is the retention plus that, so every
@@ -78,6 +84,11 @@ class AttemptLog:
         self._retention_s = retention_s
         self._refresh_s = min(3600.0, retention_s / 10) if refresh_s is None else refresh_s
         self._expiry_set: dict[str, float] = {}  # stream -> when (monotonic s) this process set it
+        # Streams whose expiry was sent but not yet seen in place, with when
+        # (monotonic s): an EXPIRE that failed (a full Redis, a lost
+        # connection) must not leave a stream without one.
+        self._unchecked: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def record(self, record: AttemptRecord, *, pipe: StorePipeline | None = None) -> None:
         """Log and store ``record``; with ``pipe``, queue the writes for its caller."""
@@ -94,7 +105,9 @@ class AttemptLog:
             if len(self._expiry_set) >= _REMEMBERED:
                 self._expiry_set.clear()
             writes.expire(stream, math.ceil(self._retention_s + self._refresh_s))
-            self._expiry_set[stream] = now
+            with self._lock:
+                self._expiry_set[stream] = now
+                self._unchecked[stream] = now
         writes.set(
             keys.attempts_by_message(record.message_id),
             record.conversation_id,
@@ -102,6 +115,43 @@ class AttemptLog:
         )
         if pipe is None:
             writes.execute()
+
+    def check_expiries(self) -> None:
+        """See that every stream given an expiry since the last check has one.
+
+        Run now and then (the observer's flush), it costs one TTL per stream
+        per refresh period. A stream found without an expiry gets it now. One
+        not there (yet: the check may run before the caller's pipeline) is
+        looked at again for a minute, and the next attempt sends its expiry
+        again.
+        """
+        with self._lock:
+            unchecked, self._unchecked = self._unchecked, {}
+        if not unchecked:
+            return
+        streams = list(unchecked)
+        try:
+            reads = self._redis.pipeline(transaction=False)
+            for stream in streams:
+                reads.ttl(stream)
+            ttls = reads.execute()
+            fixes = self._redis.pipeline(transaction=False)
+            now = time.monotonic()
+            for stream, ttl in zip(streams, ttls, strict=True):
+                if ttl == -1:
+                    fixes.expire(stream, math.ceil(self._retention_s + self._refresh_s))
+                elif ttl == -2:
+                    with self._lock:
+                        self._expiry_set.pop(stream, None)
+                        if now - unchecked[stream] < _RECHECK_S:
+                            self._unchecked.setdefault(stream, unchecked[stream])
+            if len(fixes):
+                fixes.execute()
+        except Exception:
+            with self._lock:
+                for stream, since in unchecked.items():  # the next check tries again
+                    self._unchecked.setdefault(stream, since)
+            raise
 
     def for_message(self, message_id: str) -> list[AttemptRecord]:
         """Oldest first, the newest ``MAX_PER_MESSAGE``."""

@@ -172,6 +172,10 @@ class Observer:
                 pending, self._pending = self._pending, _Pending()
             unwritten = _Pending()
             try:
+                try:
+                    self._attempts.check_expiries()
+                except redis.RedisError:
+                    log.warning("could not check the attempt log's expiries", exc_info=True)
                 for endpoint in list(pending.metrics):
                     counts = pending.metrics.pop(endpoint)
                     try:

@@ -37,6 +37,7 @@ from webhooks.metrics import Metrics
 from webhooks.ordering import OrderedLines
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.parking import ParkingLot
+from webhooks.ratelimit import Denied, Granted, Limiter, Limits, RateLimit
 from webhooks.store import Store
 
 
@@ -243,3 +244,30 @@ def test_an_ordered_conversation_arrives_in_order(
         lambda: not [b for b in lines.blocked() if b.conversation_id == cid], 10, "unblocked"
     )
     assert store.client.get(keys.line(cid).due) is None
+
+
+def test_a_retry_after_hold_is_set_after_the_nodes_lost_their_scripts(
+    store: ClusterStore,
+) -> None:
+    # Given a granted attempt, then every primary's script cache emptied (a
+    # restart or a failover since the worker loaded its scripts)
+    limiter = Limiter(store.client, lease_s=30)
+    endpoint = normalize_endpoint(f"https://receiver.example/{uuid.uuid4().hex}")
+    grant = limiter.acquire(endpoint, Limits(RateLimit(100, 60), 10))
+    assert isinstance(grant, Granted)
+    assert isinstance(store.client, redis.RedisCluster)
+    for node in store.client.get_primaries():
+        node.redis_connection.script_flush()
+
+    # When the attempt gives its slot back with the receiver's Retry-After
+    pipe = store.client.pipeline(transaction=False)
+    limiter.release_into(pipe, endpoint, grant.token, hold_s=5)
+    replies = pipe.execute(raise_on_error=False)
+
+    # Then the hold is set, the slot is free, and nothing failed
+    ek = keys.endpoint(endpoint)
+    assert not [r for r in replies if isinstance(r, Exception)]
+    assert 3000 < store.client.pttl(ek.hold) <= 5000
+    assert limiter.acquire(endpoint, Limits(RateLimit(100, 60), 10)) == Denied(
+        wait_s=pytest.approx(5, abs=2), reason="hold"
+    )

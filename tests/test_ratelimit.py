@@ -554,7 +554,7 @@ def test_the_limiter_writes_only_keys_under_the_endpoints_tag(
 
 
 def test_the_limiter_and_parking_scripts_are_shipped() -> None:
-    assert {"acquire", "release", "park", "unpark", "done"} <= set(LUA_SCRIPTS)
+    assert {"acquire", "hold", "park", "unpark", "done"} <= set(LUA_SCRIPTS)
 
 
 @pytest.mark.parametrize("name", LUA_SCRIPTS)
@@ -590,14 +590,14 @@ def test_limiter_runs_registered_scripts_by_sha(redis_client: redis.Redis, endpo
     evals, shas = command_calls(redis_client, "eval"), command_calls(redis_client, "evalsha")
 
     # When it acquires five slots and releases them holding the endpoint back
-    # (a release without a hold needs no script)
+    # (the release itself needs no script, the hold does)
     tokens = [granted(limiter.acquire(endpoint, rule)).token for _ in range(5)]
     for token in tokens:
         release_slot(limiter, redis_client, endpoint, token, hold_s=1)
 
     # Then both scripts are known to Redis by the SHA-1 of their files, and
     # were run with EVALSHA, never by sending their source with EVAL
-    shas_of_files = [file_sha1("acquire"), file_sha1("release")]
+    shas_of_files = [file_sha1("acquire"), file_sha1("hold")]
     assert redis_client.script_exists(*shas_of_files) == [True, True]
     assert command_calls(redis_client, "eval") == evals
     assert command_calls(redis_client, "evalsha") >= shas + 10

@@ -10,6 +10,7 @@ mid-request loses its slot when the lease expires, never for good.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import uuid
@@ -25,6 +26,8 @@ from webhooks import keys
 from webhooks.store import Store, StorePipeline
 
 __all__ = ["Denied", "Granted", "Limiter", "Limits", "RateLimit", "Usage", "load_script", "usage"]
+
+log = logging.getLogger(__name__)
 
 _UNITS_S = {"second": 1, "minute": 60, "hour": 3600}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)s?\s*$")
@@ -95,7 +98,7 @@ class Limiter:
     def __init__(self, client: Store, *, lease_s: float) -> None:
         self._lease_ms = math.ceil(lease_s * 1000)
         self._acquire = load_script(client, "acquire")
-        self._release = load_script(client, "release")
+        self._hold = load_script(client, "hold")
 
     def acquire(
         self, endpoint: str, limits: Limits, *, from_line: bool = False
@@ -131,15 +134,19 @@ class Limiter:
         """Queue freeing the slot on ``pipe``; ``hold_s`` keeps every attempt to
         the endpoint back. Pass the pipe's last result to :meth:`wakes_line`.
 
-        Without a hold no script is needed: one ZADD marks the lease released
-        and, from how many members it changed, tells whether the endpoint's
-        waiting line asked to be woken (``~wake``, see ``acquire.lua``).
+        One ZADD marks the lease released and, from how many members it
+        changed, tells whether the endpoint's waiting line asked to be woken
+        (``~wake``, see ``acquire.lua``). A hold (a 429 or 503's Retry-After)
+        is set at once, before the slot is given back; if Redis cannot take
+        it, the retry schedule still spaces the next attempt.
         """
         ek = keys.endpoint(endpoint)
         if hold_s > 0:
-            self._release(keys=ek.for_script(), args=[token, math.ceil(hold_s * 1000)], client=pipe)
-        else:
-            pipe.zadd(ek.inflight, {token: RELEASED, WAKE: DISARMED}, xx=True, ch=True)
+            try:
+                self._hold(keys=[ek.hold], args=[math.ceil(hold_s * 1000)])
+            except redis.RedisError:
+                log.warning("could not hold %s back for %.1f s", endpoint, hold_s, exc_info=True)
+        pipe.zadd(ek.inflight, {token: RELEASED, WAKE: DISARMED}, xx=True, ch=True)
 
     @staticmethod
     def wakes_line(released: object) -> bool:

@@ -166,6 +166,9 @@ def assert_delivered_once_each(
     assert all(r.signature_ok for r in requests)
 
 
+ZADD_FLAGS = {"NX", "XX", "GT", "LT", "CH", "INCR"}
+
+
 class AcquireLog:
     """Records every attempt an endpoint was granted, as Redis ``MONITOR`` shows it.
 
@@ -212,7 +215,11 @@ class AcquireLog:
                     if line["client_type"] != "lua":
                         continue
                     if words[0].upper() == "ZADD" and words[1] == self._key:
-                        score, token = words[-4:-2] if words[2].upper() == "NX" else words[2:4]
+                        # ZADD key [NX|LT] [CH] start token -window ~w
+                        rest = words[2:]
+                        while rest[0].upper() in ZADD_FLAGS:
+                            rest = rest[1:]
+                        score, token = rest[:2]
                         self.starts_ms[token] = int(score)
         except BaseException as failure:  # surfaced in __exit__
             self._failure = failure

@@ -1,7 +1,9 @@
 """Per-endpoint rate limits and concurrency caps, shared by every worker.
 
-The counters live in Redis and change only inside Lua scripts, one round
-trip per acquire or release, so the guide's promise (100 per minute, 10 at
+The counters live in Redis and change inside ``acquire.lua`` (one round
+trip per acquire) and, on release, in one ``ZADD XX CH`` that rides on the
+attempt's pipeline (a Retry-After hold is ``hold.lua``, called on its own),
+so the guide's promise (100 per minute, 10 at
 once, per endpoint) holds however many worker processes and machines run.
 The window is a sliding log (a sorted set of attempt start times), exact
 rather than approximated. Concurrency slots are leases: a worker that dies

@@ -27,8 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.ratelimit_overhead import NEVER_BINDS
-from bench.rig import PATH, commandstats, message_event, rig
+from bench.rig import NEVER_BINDS, PATH, commandstats, message_event, rig
 from bench.sink import Sink
 from config import wiring
 from config.celery_app import app

@@ -48,8 +48,8 @@ import redis
 
 from bench.contenders import app as contenders_app
 from bench.contenders import plain_send
-from bench.ratelimit_overhead import NEVER_BINDS
 from bench.rig import (
+    NEVER_BINDS,
     PATH,
     UNACKED,
     commandstats,

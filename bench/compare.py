@@ -64,8 +64,8 @@ from matplotlib.figure import Figure
 from bench import isolation
 from bench.contenders import app as contenders_app
 from bench.contenders import empty, plain_send, plain_send_new_connection
-from bench.ratelimit_overhead import NEVER_BINDS
 from bench.rig import (
+    NEVER_BINDS,
     PATH,
     UNACKED,
     Rig,

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.rig import (
+    NEVER_BINDS,
     PATH,
     Rig,
     commandstats,
@@ -50,7 +51,6 @@ from testing.worker import FAST_QUEUES, WorkerProcess
 __all__ = ["main"]
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench-results" / "ordering.md"
-NEVER_BINDS = {"WEBHOOKS_RATE_LIMIT": "1000000/second", "WEBHOOKS_MAX_CONCURRENCY": "1000"}
 CONCURRENCY = 4
 STEADY_RATE = 100.0  # events/s for the latency run
 STEADY_S = 5.0

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.rig import (
+    NEVER_BINDS,
     PATH,
     UNACKED,
     busiest_window,
@@ -52,7 +53,6 @@ from webhooks.queues import QUEUE
 __all__ = ["main"]
 
 OFF = {"WEBHOOKS_LIMITS_ENABLED": "false"}
-NEVER_BINDS = {"WEBHOOKS_RATE_LIMIT": "1000000/second", "WEBHOOKS_MAX_CONCURRENCY": "1000"}
 SLOW = {"WEBHOOKS_RATE_LIMIT": "10/second", "WEBHOOKS_MAX_CONCURRENCY": "2"}
 CONTENDERS = {"off": OFF, "on": NEVER_BINDS}
 TARGET_OVERHEAD = 0.10

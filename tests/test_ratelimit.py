@@ -31,6 +31,7 @@ from webhooks.ratelimit import (
     load_script,
     usage,
 )
+from webhooks.store import redis_now_ms
 
 LUA_SCRIPTS = sorted(
     entry.name.removesuffix(".lua")
@@ -197,16 +198,11 @@ def test_window_slides_rather_than_resets(
     # the second attempt's start plus the window, by Redis' clock (how long the
     # sleeps overshot on a busy machine does not matter)
     granted(limiter.acquire(endpoint, rule))
-    before = redis_ms(redis_client)
+    before = redis_now_ms(redis_client)
     again = denied(limiter.acquire(endpoint, rule))
-    after = redis_ms(redis_client)
+    after = redis_now_ms(redis_client)
     assert again.reason == "rate"
     assert (starts[1] + 1000 - after) / 1000 <= again.wait_s <= (starts[1] + 1000 - before) / 1000
-
-
-def redis_ms(client: redis.Redis) -> int:
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 @pytest.mark.usefixtures("cleanup")

@@ -25,7 +25,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from webhooks import keys
-from webhooks.store import Store, StorePipeline
+from webhooks.store import Store, StorePipeline, redis_now_ms
 
 __all__ = ["Denied", "Granted", "Limiter", "Limits", "RateLimit", "Usage", "load_script", "usage"]
 
@@ -167,10 +167,11 @@ class Usage:
     in_flight: int  # slots held now: leases neither given back nor expired
 
 
-def usage(client: Store, endpoints: list[str]) -> list[Usage]:
-    """What each endpoint uses now, on Redis' clock, counted as ``acquire.lua`` counts."""
-    seconds, micros = client.time()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
+def usage(client: Store, endpoints: list[str], *, now_ms: int | None = None) -> list[Usage]:
+    """What each endpoint uses at ``now_ms`` (default: now) on Redis' clock,
+    counted as ``acquire.lua`` counts."""
+    if now_ms is None:
+        now_ms = redis_now_ms(client)
     pipe = client.pipeline(transaction=False)
     for endpoint in endpoints:
         pipe.zscore(keys.endpoint(endpoint).window, WINDOW_LENGTH)

@@ -35,6 +35,7 @@ __all__ = [
     "is_sentinel_url",
     "parse_cluster_url",
     "parse_sentinel_url",
+    "redis_now_ms",
 ]
 
 SENTINEL_SCHEME = "redis+sentinel"
@@ -68,6 +69,14 @@ def get_many(client: Store, names: Sequence[str]) -> list[Any]:
     for name in names:
         pipe.get(name)
     return list(pipe.execute())
+
+
+def redis_now_ms(client: Store) -> int:
+    """Redis' clock (ms), which limits and holds are kept by, whatever the
+    machines' clocks say. Never in a pipeline: a cluster one refuses keyless
+    commands."""
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def is_cluster_url(url: str) -> bool:

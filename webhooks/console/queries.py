@@ -17,7 +17,7 @@ from webhooks.health import HealthPolicy, HealthStore
 from webhooks.outcomes import Outcome, OutcomeStore
 from webhooks.queues import QUEUE, SLOW_QUEUE
 from webhooks.ratelimit import usage
-from webhooks.store import Store
+from webhooks.store import Store, redis_now_ms
 
 __all__ = ["DeliveryView", "EndpointRow", "endpoint_rows", "find_deliveries", "masked_config"]
 
@@ -94,10 +94,8 @@ def _masked(secret: str | None) -> str | None:
 def endpoint_rows(client: Store, policy: HealthPolicy) -> list[EndpointRow]:
     """Every known endpoint: health, queue, window, in flight, parked, Retry-After hold."""
     health = HealthStore(client, policy).all()
-    # Not in the pipeline: a cluster pipeline refuses keyless commands.
-    seconds, micros = client.time()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
-    used = usage(client, [h.endpoint for h in health])
+    now_ms = redis_now_ms(client)
+    used = usage(client, [h.endpoint for h in health], now_ms=now_ms)
     pipe = client.pipeline(transaction=False)
     for h in health:
         ek = keys.endpoint(h.endpoint)
